@@ -1,0 +1,173 @@
+//! The per-request environment behind a script's getenv & co.
+//!
+//! The variables are the ones mod_cgi/mod_cgid would hand a CGI process for
+//! the same request: `ap_add_common_vars`, `ap_add_cgi_vars`, then
+//! `ap_create_environment` (which also applies mod_cgi's name clean-up).  They
+//! are built on the first call that needs them, so a script that never reads
+//! its environment never pays for it.  Everything lives in the request pool
+//! or in the request's own context: nothing reaches the process `environ`,
+//! and nothing outlives the request.
+
+use crate::request::{current, Request};
+use crate::sys;
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+
+#[derive(Default)]
+pub struct Env {
+    /// `NAME=value` strings; `None` until first used.
+    vars: Option<Vec<*mut c_char>>,
+}
+
+impl Env {
+    fn vars(&mut self, r: *mut sys::request_rec) -> &mut Vec<*mut c_char> {
+        self.vars.get_or_insert_with(|| {
+            // SAFETY: `r` is the live request this Env belongs to; the
+            // strings ap_create_environment returns live in its pool.
+            unsafe {
+                sys::ap_add_common_vars(r);
+                sys::ap_add_cgi_vars(r);
+                let mut envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
+                let mut v = Vec::with_capacity(48);
+                while !(*envp).is_null() {
+                    v.push(*envp);
+                    envp = envp.add(1);
+                }
+                v
+            }
+        })
+    }
+}
+
+/// Index of `name`'s entry: `name` must be followed by '=' in the entry.
+fn position(vars: &[*mut c_char], name: &[u8]) -> Option<usize> {
+    vars.iter().position(|&e| {
+        // SAFETY: every entry is a NUL-terminated string.
+        let e = unsafe { CStr::from_ptr(e) }.to_bytes();
+        e.len() > name.len() && e.starts_with(name) && e[name.len()] == b'='
+    })
+}
+
+fn valid_name(name: *const c_char) -> Option<&'static [u8]> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: the script passes a NUL-terminated string, as libc requires.
+    let n = unsafe { CStr::from_ptr(name) }.to_bytes();
+    (!n.is_empty() && !n.contains(&b'=')).then_some(n)
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: errno is thread-local.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn lookup(req: &mut Request, name: *const c_char) -> *mut c_char {
+    let Some(name) = valid_name(name) else { return ptr::null_mut() };
+    let r = req.r;
+    let vars = req.env.vars(r);
+    match position(vars, name) {
+        // SAFETY: the entry is "name=value": the value starts after the '='.
+        Some(i) => unsafe { vars[i].add(name.len() + 1) },
+        None => ptr::null_mut(),
+    }
+}
+
+// The replacements below are bound into each script in place of its imports
+// of the libc functions of the same names (see elfpatch).  Outside a request
+// (terminatefunc, a thread the script started) reads go to the real process
+// environment and writes are refused: the server's own environment is shared
+// by every script and thread of the process.
+
+pub unsafe extern "C" fn libcgi_getenv(name: *const c_char) -> *mut c_char {
+    match current() {
+        Some(req) => lookup(req, name),
+        None => libc::getenv(name),
+    }
+}
+
+unsafe extern "C" {
+    // glibc's; not in the libc crate.
+    fn secure_getenv(name: *const c_char) -> *mut c_char;
+}
+
+pub unsafe extern "C" fn libcgi_secure_getenv(name: *const c_char) -> *mut c_char {
+    match current() {
+        Some(req) => lookup(req, name),
+        None => secure_getenv(name),
+    }
+}
+
+pub unsafe extern "C" fn libcgi_setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int {
+    let Some(req) = current() else {
+        set_errno(libc::EPERM);
+        return -1;
+    };
+    let Some(n) = valid_name(name) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    let r = req.r;
+    let vars = req.env.vars(r);
+    let existing = position(vars, n);
+    if existing.is_some() && overwrite == 0 {
+        return 0;
+    }
+    let value = if value.is_null() { c"".as_ptr() } else { value };
+    let entry = sys::apr_pstrcat((*r).pool, name, c"=".as_ptr(), value, ptr::null::<c_char>());
+    match existing {
+        Some(i) => vars[i] = entry,
+        None => vars.push(entry),
+    }
+    0
+}
+
+pub unsafe extern "C" fn libcgi_unsetenv(name: *const c_char) -> c_int {
+    let Some(req) = current() else {
+        set_errno(libc::EPERM);
+        return -1;
+    };
+    let Some(n) = valid_name(name) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    let r = req.r;
+    let vars = req.env.vars(r);
+    while let Some(i) = position(vars, n) {
+        vars.remove(i);
+    }
+    0
+}
+
+pub unsafe extern "C" fn libcgi_putenv(string: *mut c_char) -> c_int {
+    let Some(req) = current() else {
+        set_errno(libc::EPERM);
+        return -1;
+    };
+    if string.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = CStr::from_ptr(string).to_bytes();
+    let Some(eq) = s.iter().position(|&b| b == b'=') else {
+        // glibc: putenv("NAME") removes NAME.
+        return libcgi_unsetenv(string);
+    };
+    let r = req.r;
+    let vars = req.env.vars(r);
+    // As with libc, the caller's string itself becomes the entry.
+    match position(vars, &s[..eq]) {
+        Some(i) => vars[i] = string,
+        None => vars.push(string),
+    }
+    0
+}
+
+pub unsafe extern "C" fn libcgi_clearenv() -> c_int {
+    let Some(req) = current() else {
+        set_errno(libc::EPERM);
+        return -1;
+    };
+    req.env.vars = Some(Vec::new());
+    0
+}

@@ -1,0 +1,63 @@
+//! mod_libcgi: runs LibCGI scripts (shared objects exporting `processfunc`)
+//! inside Apache httpd 2.4.
+//!
+//! Where the `unsafe` lives: `sys` (bindings), `elfpatch` (rewriting a
+//! loaded script's relocations), `registry` (dlopen/dlsym and calls into
+//! scripts), `request` and `env` (the functions scripts call, which get raw
+//! pointers from C), `body` and `handler` (Apache's request API).
+
+mod body;
+mod elfpatch;
+mod env;
+mod handler;
+mod log;
+mod registry;
+mod request;
+mod sys;
+
+use std::ffi::{c_int, c_void};
+use std::ptr;
+use std::sync::atomic::Ordering;
+
+/// The module record Apache finds by the name given to LoadModule.
+#[no_mangle]
+pub static mut libcgi_module: sys::module = sys::module {
+    version: sys::MODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: sys::MODULE_MAGIC_NUMBER_MINOR as c_int,
+    module_index: -1,
+    // Apache derives the short name "libcgi" (LogLevel libcgi:debug, the
+    // [libcgi:error] log tag) from this.
+    name: c"mod_libcgi.c".as_ptr(),
+    dynamic_load_handle: ptr::null_mut(),
+    next: ptr::null_mut(),
+    magic: sys::MODULE_MAGIC_COOKIE as std::ffi::c_ulong,
+    rewrite_args: None,
+    create_dir_config: None,
+    merge_dir_config: None,
+    create_server_config: None,
+    merge_server_config: None,
+    cmds: ptr::null(),
+    register_hooks: Some(register_hooks),
+    flags: 0,
+};
+
+unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
+    sys::ap_hook_handler(Some(handler::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+    sys::ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+}
+
+/// Each server process gets its own list of loaded scripts; the child pool's
+/// cleanup runs every script's terminatefunc when the process exits, which is
+/// also how a graceful restart retires the old generation.
+unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
+    let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
+    reg.server.store(s, Ordering::Relaxed);
+    sys::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_exit), Some(sys::apr_pool_cleanup_null));
+}
+
+unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {
+    if let Some(reg) = registry::REGISTRY.get() {
+        reg.shutdown();
+    }
+    0
+}

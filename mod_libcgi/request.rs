@@ -1,0 +1,402 @@
+//! The request a thread is running a script for, and the functions the
+//! script calls back into (`lwrite`, `lputs`, `lprintf`, `lflush`,
+//! `get_remote_host`, `linput_length`).
+//!
+//! Output is CGI output.  Until the blank line that ends the header block it
+//! is buffered; then Apache's own CGI header parser reads it into the
+//! request_rec, and the body goes through a brigade down the output filter
+//! chain, so memory stays bounded however much a script writes.
+
+use crate::env::Env;
+use crate::log;
+use crate::sys;
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+
+/// Bytes of header block a script may write before the blank line.  Apache's
+/// parser takes lines of up to 8 KiB; a whole block larger than this is a
+/// script that forgot its headers, not a real header block.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Collecting the header block.
+    Headers,
+    /// Headers parsed: output is body.
+    Body,
+    /// Headers parsed, and the body is not wanted (redirect, 304).
+    Discard,
+    /// Header block bad or too large: output is refused, the script unloaded.
+    BadHeaders,
+    /// Writing to the client failed (client gone): output is refused.
+    ClientGone,
+}
+
+pub struct Request {
+    pub r: *mut sys::request_rec,
+    pub input_len: usize,
+    pub env: Env,
+    pub phase: Phase,
+    /// What Apache's header parser returned (OK, 304, 500...).
+    pub header_status: c_int,
+    hdr: Vec<u8>,
+    bb: *mut sys::apr_bucket_brigade,
+}
+
+thread_local! {
+    // The request this thread is running a script for.  A plain pointer in a
+    // const-initialised Cell: no destructor is registered, which matters
+    // because Apache dlcloses and reopens the module between config passes.
+    static CURRENT: Cell<*mut Request> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The request of this thread, if it is inside a script call.
+pub fn current<'a>() -> Option<&'a mut Request> {
+    let p = CURRENT.with(|c| c.get());
+    // SAFETY: CURRENT is set only by `Active`, which points it at a Request
+    // that outlives the script call, and the handler does not touch that
+    // Request while the script runs; only this thread ever sees it.
+    unsafe { p.as_mut() }
+}
+
+/// Marks this thread as running a script for `req` until dropped.  Restores
+/// whatever was there before, so calls may nest (a script unloaded inside a
+/// request runs its terminatefunc with no request: `Active::none()`).
+pub struct Active {
+    prev: *mut Request,
+}
+
+impl Active {
+    pub fn enter(req: *mut Request) -> Active {
+        Active { prev: CURRENT.with(|c| c.replace(req)) }
+    }
+    pub fn none() -> Active {
+        Active::enter(ptr::null_mut())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.prev));
+    }
+}
+
+impl Request {
+    /// # Safety
+    /// `r` is the live request being handled.
+    pub unsafe fn new(r: *mut sys::request_rec, input_len: usize) -> Request {
+        Request {
+            r,
+            input_len,
+            env: Env::default(),
+            phase: Phase::Headers,
+            header_status: sys::OK as c_int,
+            hdr: Vec::new(),
+            bb: sys::apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> c_int {
+        match self.phase {
+            Phase::Headers => self.write_headers(data),
+            Phase::Body => self.write_body(data),
+            Phase::Discard => data.len() as c_int,
+            Phase::BadHeaders | Phase::ClientGone => -1,
+        }
+    }
+
+    fn write_headers(&mut self, data: &[u8]) -> c_int {
+        // Only the new bytes (and the two before them, for a blank line split
+        // across writes) can complete the block.
+        let from = self.hdr.len().saturating_sub(2);
+        self.hdr.extend_from_slice(data);
+        let Some(end) = header_end(&self.hdr, from) else {
+            if self.hdr.len() > MAX_HEADER_BLOCK {
+                log::rerror(
+                    self.r,
+                    sys::APLOG_ERR,
+                    0,
+                    &format!("{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line", self.filename()),
+                );
+                self.fail_headers();
+                return -1;
+            }
+            return data.len() as c_int;
+        };
+        let rest = self.hdr.split_off(end);
+        let status = self.parse_headers();
+        self.header_status = status;
+        if status == sys::HTTP_NOT_MODIFIED as c_int {
+            self.phase = Phase::Discard;
+        } else if status != sys::OK as c_int {
+            self.fail_headers();
+            return -1;
+        } else if self.redirect_location().is_some() {
+            self.phase = Phase::Discard;
+        } else {
+            self.phase = Phase::Body;
+            if !rest.is_empty() && self.write_body(&rest) < 0 {
+                return -1;
+            }
+        }
+        data.len() as c_int
+    }
+
+    fn fail_headers(&mut self) {
+        self.phase = Phase::BadHeaders;
+        self.hdr = Vec::new();
+    }
+
+    /// Runs Apache's CGI header parser over the buffered block.  Apache logs
+    /// malformed or missing headers itself, naming the script.
+    fn parse_headers(&mut self) -> c_int {
+        let mut cur = Cursor { data: &self.hdr, pos: 0 };
+        // SAFETY: the parser calls getsfunc synchronously with `cur`, which
+        // outlives the call.
+        unsafe {
+            sys::ap_scan_script_header_err_core_ex(
+                self.r,
+                ptr::null_mut(),
+                Some(getsfunc),
+                &mut cur as *mut Cursor as *mut c_void,
+                log::module_index(),
+            )
+        }
+    }
+
+    /// The Location that makes this a redirect, as mod_cgi decides it: only
+    /// when the script set no status of its own.
+    pub fn redirect_location(&self) -> Option<&CStr> {
+        // SAFETY: `r` is live; table values are NUL-terminated pool strings.
+        unsafe {
+            if (*self.r).status != sys::HTTP_OK as c_int {
+                return None;
+            }
+            let loc = sys::apr_table_get((*self.r).headers_out, c"Location".as_ptr());
+            (!loc.is_null()).then(|| CStr::from_ptr(loc))
+        }
+    }
+
+    fn write_body(&mut self, data: &[u8]) -> c_int {
+        // apr_brigade_write copies into the brigade's 8 KiB heap buckets and
+        // passes the brigade down the filter chain whenever they fill, so a
+        // script's output never accumulates in the server.
+        // SAFETY: `bb` and `r` are live for the request.
+        let rv = unsafe {
+            sys::apr_brigade_write(
+                self.bb,
+                Some(sys::ap_filter_flush),
+                (*self.r).output_filters as *mut c_void,
+                data.as_ptr() as *const c_char,
+                data.len(),
+            )
+        };
+        if rv != 0 {
+            self.client_gone(rv);
+            return -1;
+        }
+        data.len() as c_int
+    }
+
+    fn client_gone(&mut self, rv: sys::apr_status_t) {
+        self.phase = Phase::ClientGone;
+        log::rerror(self.r, sys::APLOG_INFO, rv, &format!("{}: writing to the client failed", self.filename()));
+        // SAFETY: `bb` is live; dropping what could not be sent.
+        unsafe { sys::brigade_cleanup(self.bb) };
+    }
+
+    fn flush(&mut self) -> c_int {
+        match self.phase {
+            Phase::Body => {
+                // SAFETY: `bb` and `r` are live for the request.
+                let rv = unsafe {
+                    let rv = sys::ap_fflush((*self.r).output_filters, self.bb);
+                    sys::brigade_cleanup(self.bb);
+                    rv
+                };
+                if rv != 0 {
+                    self.client_gone(rv);
+                    return -1;
+                }
+                0
+            }
+            Phase::Headers | Phase::Discard => 0,
+            Phase::BadHeaders | Phase::ClientGone => -1,
+        }
+    }
+
+    /// Once the script is done: if the header block is still incomplete, let
+    /// Apache's parser say so ("Premature end of script headers").
+    pub fn finish_headers(&mut self) -> c_int {
+        let status = self.parse_headers();
+        self.header_status = status;
+        self.fail_headers();
+        status
+    }
+
+    /// Sends the rest of the body and the end of the stream.
+    pub fn finish_body(&mut self) -> c_int {
+        // SAFETY: `bb` and `r` are live; the EOS bucket comes from the
+        // connection's allocator like the brigade.
+        unsafe {
+            sys::brigade_insert_tail(self.bb, sys::apr_bucket_eos_create((*self.bb).bucket_alloc));
+            let rv = sys::ap_pass_brigade((*self.r).output_filters, self.bb);
+            sys::brigade_cleanup(self.bb);
+            if rv != 0 {
+                self.client_gone(rv);
+            }
+        }
+        sys::OK as c_int
+    }
+
+    /// Drops buffered body that was never passed on (the response becomes an
+    /// error instead).
+    pub fn discard_body(&mut self) {
+        // SAFETY: `bb` is live.
+        unsafe { sys::brigade_cleanup(self.bb) };
+    }
+
+    pub fn filename(&self) -> String {
+        // SAFETY: `r` is live; r->filename is set for a mapped script.
+        unsafe {
+            let f = (*self.r).filename;
+            if f.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(f).to_string_lossy().into_owned()
+            }
+        }
+    }
+}
+
+/// Where the block ends: the index just past the first empty line (LF or
+/// CRLF), searching from `from`.
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    // The block may also be empty: a blank line right at the start.
+    if from == 0 {
+        if buf.starts_with(b"\n") {
+            return Some(1);
+        }
+        if buf.starts_with(b"\r\n") {
+            return Some(2);
+        }
+    }
+    let mut i = from;
+    while let Some(off) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+/// Line reader for ap_scan_script_header_err_core_ex, with the semantics of
+/// Apache's own brigade reader: a line ends at LF (not stored), CRs are
+/// dropped, at most len-1 bytes, NUL-terminated; 0 when no data is left.
+unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
+    let cur = &mut *(arg as *mut Cursor);
+    if cur.pos >= cur.data.len() || len <= 0 {
+        return 0;
+    }
+    let max = len as usize - 1;
+    let mut n = 0;
+    while cur.pos < cur.data.len() && n < max {
+        let b = cur.data[cur.pos];
+        cur.pos += 1;
+        if b == b'\n' {
+            break;
+        }
+        if b != b'\r' {
+            *buf.add(n) = b as c_char;
+            n += 1;
+        }
+    }
+    *buf.add(n) = 0;
+    1
+}
+
+// ---- The functions scripts call ------------------------------------------
+
+/// Writes `len` bytes of CGI output.  Returns `len`, or -1 when the output
+/// cannot be used (client gone, bad headers, no request on this thread).
+#[no_mangle]
+pub unsafe extern "C" fn lwrite(buf: *const c_void, len: usize) -> c_int {
+    let Some(req) = current() else { return -1 };
+    if len == 0 {
+        return 0;
+    }
+    if buf.is_null() || len > c_int::MAX as usize {
+        return -1;
+    }
+    req.write(std::slice::from_raw_parts(buf as *const u8, len))
+}
+
+/// Writes a string, adding no newline.
+#[no_mangle]
+pub unsafe extern "C" fn lputs(s: *const c_char) -> c_int {
+    if s.is_null() {
+        return -1;
+    }
+    let bytes = CStr::from_ptr(s).to_bytes();
+    lwrite(bytes.as_ptr() as *const c_void, bytes.len())
+}
+
+/// Pushes buffered body output to the client now.
+#[no_mangle]
+pub unsafe extern "C" fn lflush() -> c_int {
+    match current() {
+        Some(req) => req.flush(),
+        None => -1,
+    }
+}
+
+/// The client's host name (double-reverse DNS, looked up on first call), or
+/// its IP address when the lookup fails.
+#[no_mangle]
+pub unsafe extern "C" fn get_remote_host() -> *const c_char {
+    let Some(req) = current() else { return ptr::null() };
+    let r = req.r;
+    let host = sys::ap_get_useragent_host(r, sys::REMOTE_DOUBLE_REV as c_int, ptr::null_mut());
+    if host.is_null() {
+        (*r).useragent_ip
+    } else {
+        host
+    }
+}
+
+/// Length of the body handed to processfunc.
+#[no_mangle]
+pub unsafe extern "C" fn linput_length() -> usize {
+    current().map_or(0, |req| req.input_len)
+}
+
+unsafe extern "C" {
+    fn libcgi_lprintf_impl(fmt: *const c_char, ...) -> c_int;
+}
+
+/// `int lprintf(const char *fmt, ...)`: a tail jump into the C
+/// implementation (see shim.c), so that the variadic arguments arrive in the
+/// registers and stack slots the caller put them in.  Being a Rust
+/// `#[no_mangle]` function, it is exported from the cdylib like the others.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn lprintf() {
+    core::arch::naked_asm!("jmp {0}", sym libcgi_lprintf_impl)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn lprintf() {
+    core::arch::naked_asm!("b {0}", sym libcgi_lprintf_impl)
+}
