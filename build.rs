@@ -23,7 +23,12 @@ fn find_apxs() -> String {
         return a;
     }
     for cand in ["apxs", "apxs2", "/usr/bin/apxs", "/usr/bin/apxs2"] {
-        if Command::new(cand).arg("-q").arg("INCLUDEDIR").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(cand)
+            .arg("-q")
+            .arg("INCLUDEDIR")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return cand.to_string();
         }
     }
@@ -92,7 +97,9 @@ fn main() {
         )
     });
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    bindings.write_to_file(out.join("bindings.rs")).expect("writing bindings.rs");
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("writing bindings.rs");
 
     cc::Build::new()
         .file("mod_libcgi/shim.c")

@@ -23,6 +23,8 @@
 #   --no-probe   skip the build-network probe (prints the plain base)
 #   --pkgs       build/print the package-preloaded base regardless of probe
 # Env: LIBCGI_DEBIAN_MIRROR overrides the mirror read from apt's sources.
+#      LIBCGI_BUILD_NETWORK=none builds (and probes) without network, to
+#      exercise the fallback.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -90,9 +92,10 @@ apt_uris_for_suite() {
     done
 }
 
-MIRROR=${LIBCGI_DEBIAN_MIRROR:-$(apt_uris_for_suite "$SUITE" | head -n1)}
+# (sed, not head: head exiting early would SIGPIPE awk and fail under pipefail)
+MIRROR=${LIBCGI_DEBIAN_MIRROR:-$(apt_uris_for_suite "$SUITE" | sed -n 1p)}
 [[ -n $MIRROR ]] || die "no 'deb ... $SUITE' entry in /etc/apt/sources.list{,.d/*}; set LIBCGI_DEBIAN_MIRROR=http://your.mirror/debian"
-SECURITY_MIRROR=$(apt_uris_for_suite "$SUITE-security" | head -n1 || true)
+SECURITY_MIRROR=$(apt_uris_for_suite "$SUITE-security" | sed -n 1p)
 # The image gets the same suites the host has, so apt inside builds sees the
 # same (security-updated) package versions.
 SOURCES_LIST="deb $MIRROR $SUITE main
@@ -140,7 +143,7 @@ debootstrap_image() { # tag include-list recipe
     remove_rootfs "$rootfs"
     # shellcheck disable=SC2064 # expand now: the trap must remove this rootfs
     trap "remove_rootfs '$rootfs'" EXIT
-    log "debootstrap --variant=minbase${include:+ --include=$include} $SUITE from $MIRROR (a few minutes)"
+    log "debootstrap --variant=minbase${include:+ --include=$include} $SUITE from $MIRROR (about a minute)"
     if ! debootstrap --variant=minbase ${include:+--include="$include"} \
             "$SUITE" "$rootfs" "$MIRROR" >"$LIBCGI_WORK_DIR/debootstrap.log" 2>&1; then
         tail -n 30 "$LIBCGI_WORK_DIR/debootstrap.log" >&2
@@ -213,7 +216,11 @@ have=$(image_label "$LIBCGI_BASE_IMAGE" "$LABEL_RECIPE")
 if ((force == 0)) && [[ -n $have && ($have == "$BASE_RECIPE" || $have == "$PULL_RECIPE") ]]; then
     log "PATH TAKEN: reuse — $LIBCGI_BASE_IMAGE exists with recipe $have ($(image_label "$LIBCGI_BASE_IMAGE" "$LABEL_SOURCE")); not rebuilding"
 else
-    [[ -n $have ]] && log "$LIBCGI_BASE_IMAGE exists with another recipe ($have); rebuilding"
+    if ((force)); then
+        log "--force: rebuilding $LIBCGI_BASE_IMAGE"
+    elif [[ -n $have ]]; then
+        log "$LIBCGI_BASE_IMAGE exists with another recipe ($have); rebuilding"
+    fi
     pulled=0
     if ((try_pull)); then
         log "trying docker pull $PULL_REF (timeout ${PULL_TIMEOUT}s)"
@@ -238,7 +245,8 @@ fi
 # with the real thing: apt-get update inside a throwaway build.
 build_net_ok() {
     local out id
-    out=$(DOCKER_BUILDKIT=0 timeout 180 docker build --no-cache --force-rm -q - 2>&1 <<EOF
+    out=$(DOCKER_BUILDKIT=0 timeout 180 docker build ${LIBCGI_BUILD_NETWORK:+--network="$LIBCGI_BUILD_NETWORK"} \
+        --no-cache --force-rm -q - 2>&1 <<EOF
 FROM $LIBCGI_BASE_IMAGE
 RUN apt-get -o Acquire::Retries=1 -o Acquire::http::Timeout=20 -qq update && apt-cache show apache2 haproxy >/dev/null
 EOF

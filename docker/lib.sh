@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # variables are for the scripts that source this
 # Helpers shared by the docker/ scripts.  Source it; it defines functions and
 # a few variables only, and runs nothing.
 
@@ -41,8 +41,10 @@ detect_compose() {
 
 # The legacy builder prints a deprecation banner on newer clients; keep it
 # from drowning the log but keep real errors.
+# LIBCGI_BUILD_NETWORK (e.g. "none") is passed as --network to every build:
+# it exists to exercise the no-network fallback of build-base.sh.
 docker_build() {
-    DOCKER_BUILDKIT=0 docker build "$@" 2> >(sed -u '/DEPRECATED: The legacy builder/,/^[[:space:]]*$/d' >&2)
+    DOCKER_BUILDKIT=0 docker build ${LIBCGI_BUILD_NETWORK:+--network="$LIBCGI_BUILD_NETWORK"} "$@" 2> >(sed -u '/DEPRECATED: The legacy builder/,/^[[:space:]]*$/d' >&2)
 }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }

@@ -63,7 +63,9 @@ fn set_errno(e: c_int) {
 }
 
 fn lookup(req: &mut Request, name: *const c_char) -> *mut c_char {
-    let Some(name) = valid_name(name) else { return ptr::null_mut() };
+    let Some(name) = valid_name(name) else {
+        return ptr::null_mut();
+    };
     let r = req.r;
     let vars = req.env.vars(r);
     match position(vars, name) {
@@ -98,7 +100,11 @@ pub unsafe extern "C" fn libcgi_secure_getenv(name: *const c_char) -> *mut c_cha
     }
 }
 
-pub unsafe extern "C" fn libcgi_setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int {
+pub unsafe extern "C" fn libcgi_setenv(
+    name: *const c_char,
+    value: *const c_char,
+    overwrite: c_int,
+) -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;

@@ -22,7 +22,12 @@ fn ident_of(r: *mut sys::request_rec) -> Option<FileIdent> {
         let fi = &(*r).finfo;
         let want = (sys::APR_FINFO_IDENT | sys::APR_FINFO_MTIME | sys::APR_FINFO_SIZE) as i32;
         if fi.valid & want == want {
-            return Some(FileIdent { dev: fi.device, ino: fi.inode, size: fi.size, mtime: fi.mtime });
+            return Some(FileIdent {
+                dev: fi.device,
+                ino: fi.inode,
+                size: fi.size,
+                mtime: fi.mtime,
+            });
         }
         // Some other module built this finfo with fewer fields: ask again.
         let mut st: libc::stat = std::mem::zeroed();
@@ -44,21 +49,42 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     if (*r).handler.is_null() || CStr::from_ptr((*r).handler) != HANDLER_NAME {
         return DECLINED;
     }
-    let filename = if (*r).filename.is_null() { c"" } else { CStr::from_ptr((*r).filename) };
+    let filename = if (*r).filename.is_null() {
+        c""
+    } else {
+        CStr::from_ptr((*r).filename)
+    };
     let name = filename.to_string_lossy();
 
     if sys::ap_allow_options(r) & sys::OPT_EXECCGI as c_int == 0 {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("Options ExecCGI is off in this directory: {name}"));
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("Options ExecCGI is off in this directory: {name}"),
+        );
         return HTTP_FORBIDDEN;
     }
     match (*r).finfo.filetype {
         sys::apr_filetype_e_APR_NOFILE => {
-            log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
+            log::rerror(
+                r,
+                sys::APLOG_ERR,
+                0,
+                &format!("script not found or unable to stat: {name}"),
+            );
             return HTTP_NOT_FOUND;
         }
         sys::apr_filetype_e_APR_REG => {}
         _ => {
-            log::rerror(r, sys::APLOG_ERR, 0, &format!("attempt to invoke something other than a regular file as a script: {name}"));
+            log::rerror(
+                r,
+                sys::APLOG_ERR,
+                0,
+                &format!(
+                    "attempt to invoke something other than a regular file as a script: {name}"
+                ),
+            );
             return HTTP_FORBIDDEN;
         }
     }
@@ -66,15 +92,30 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         && !(*r).path_info.is_null()
         && *(*r).path_info != 0
     {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("AcceptPathInfo off disallows user's path: {name}"));
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("AcceptPathInfo off disallows user's path: {name}"),
+        );
         return HTTP_NOT_FOUND;
     }
     let Some(registry) = REGISTRY.get() else {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: mod_libcgi was not initialised in this process"));
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("{name}: mod_libcgi was not initialised in this process"),
+        );
         return HTTP_INTERNAL_SERVER_ERROR;
     };
     let Some(ident) = ident_of(r) else {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("script not found or unable to stat: {name}"),
+        );
         return HTTP_NOT_FOUND;
     };
 
@@ -93,13 +134,21 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         let script = match registry.get(filename, ident, r) {
             Ok(s) => s,
             Err(why) => {
-                log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {why}"));
+                log::rerror(
+                    r,
+                    sys::APLOG_ERR,
+                    0,
+                    &format!("{name}: cannot load script: {why}"),
+                );
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
         };
         rlog!(r, APLOG_DEBUG, "{name}: calling processfunc");
         let rc = {
-            let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+            let _serial = script
+                .serial
+                .as_ref()
+                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
             (script.process)(input)
         };
         (script, rc)
@@ -119,7 +168,12 @@ unsafe fn finish(
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;
     if rc != 0 {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: processfunc returned {rc}"));
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("{name}: processfunc returned {rc}"),
+        );
         if nothing_sent && matches!(req.phase, Phase::Headers | Phase::Body | Phase::Discard) {
             req.discard_body();
             return HTTP_INTERNAL_SERVER_ERROR;
@@ -144,7 +198,9 @@ unsafe fn finish(
                 (*r).status = req.header_status;
                 return OK;
             }
-            let Some(loc) = req.redirect_location() else { return OK };
+            let Some(loc) = req.redirect_location() else {
+                return OK;
+            };
             if loc.to_bytes().first() == Some(&b'/') {
                 // A local redirect is a GET whatever the method was, and the
                 // body was already consumed.

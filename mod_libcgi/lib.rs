@@ -42,8 +42,18 @@ pub static mut libcgi_module: sys::module = sys::module {
 };
 
 unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
-    sys::ap_hook_handler(Some(handler::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
-    sys::ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+    sys::ap_hook_handler(
+        Some(handler::handler),
+        ptr::null(),
+        ptr::null(),
+        sys::APR_HOOK_MIDDLE as c_int,
+    );
+    sys::ap_hook_child_init(
+        Some(child_init),
+        ptr::null(),
+        ptr::null(),
+        sys::APR_HOOK_MIDDLE as c_int,
+    );
 }
 
 /// Each server process gets its own list of loaded scripts; the child pool's
@@ -52,7 +62,12 @@ unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
 unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
     let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
     reg.server.store(s, Ordering::Relaxed);
-    sys::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_exit), Some(sys::apr_pool_cleanup_null));
+    sys::apr_pool_cleanup_register(
+        pchild,
+        ptr::null(),
+        Some(child_exit),
+        Some(sys::apr_pool_cleanup_null),
+    );
 }
 
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {

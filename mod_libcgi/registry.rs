@@ -36,7 +36,10 @@ pub struct FileIdent {
 fn bindings() -> [(&'static CStr, usize); 6] {
     [
         (c"getenv", env::libcgi_getenv as *const () as usize),
-        (c"secure_getenv", env::libcgi_secure_getenv as *const () as usize),
+        (
+            c"secure_getenv",
+            env::libcgi_secure_getenv as *const () as usize,
+        ),
         (c"setenv", env::libcgi_setenv as *const () as usize),
         (c"unsetenv", env::libcgi_unsetenv as *const () as usize),
         (c"putenv", env::libcgi_putenv as *const () as usize),
@@ -83,9 +86,15 @@ impl Script {
             // scripts.  RTLD_DEEPBIND: the script's own definitions win over
             // the server's (its own `random`, say), as in a CGI process.
             let lib = Library::open(Some(&name), RTLD_NOW | RTLD_LOCAL | libc::RTLD_DEEPBIND)
-                .map_err(|e| format!("not a loadable shared object: {}", strip_proc_name(&e.to_string(), &name)))?;
-            let process: Symbol<ProcessFn> =
-                lib.get(b"processfunc\0").map_err(|_| "the script does not export processfunc".to_string())?;
+                .map_err(|e| {
+                    format!(
+                        "not a loadable shared object: {}",
+                        strip_proc_name(&e.to_string(), &name)
+                    )
+                })?;
+            let process: Symbol<ProcessFn> = lib
+                .get(b"processfunc\0")
+                .map_err(|_| "the script does not export processfunc".to_string())?;
             let process = *process;
             let init: Option<InitFn> = lib.get::<InitFn>(b"initfunc\0").ok().map(|s| *s);
             let terminate: Option<TermFn> = lib.get::<TermFn>(b"terminatefunc\0").ok().map(|s| *s);
@@ -95,7 +104,12 @@ impl Script {
                 .is_some_and(|s| !(*s).is_null() && **s != 0);
             let n = elfpatch::patch_imports(process as usize, &bindings())
                 .map_err(|e| format!("cannot bind the script's environment functions: {e}"))?;
-            log::rlog!(r, APLOG_DEBUG, "{}: loaded ({n} environment imports bound, thread_safe={thread_safe})", path.to_string_lossy());
+            log::rlog!(
+                r,
+                APLOG_DEBUG,
+                "{}: loaded ({n} environment imports bound, thread_safe={thread_safe})",
+                path.to_string_lossy()
+            );
             let script = Script {
                 path: path.to_owned(),
                 process,
@@ -133,14 +147,21 @@ impl Drop for Script {
             // SAFETY: the library is still open; terminatefunc takes nothing.
             unsafe { term() };
         }
-        let server = REGISTRY.get().map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
+        let server = REGISTRY
+            .get()
+            .map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
         if let Some(lib) = self.lib.take() {
             if let Err(e) = lib.close() {
-                log::serror(server, sys::APLOG_WARNING, &format!("{}: dlclose failed: {e}", self.path.to_string_lossy()));
+                log::serror(
+                    server,
+                    sys::APLOG_WARNING,
+                    &format!("{}: dlclose failed: {e}", self.path.to_string_lossy()),
+                );
             }
         }
         if let Some(fd) = self.fd.take() {
-            let name = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
+            let name =
+                CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
             // SAFETY: RTLD_NOLOAD only queries; a handle it returns is closed
             // again at once.
             let still = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
@@ -153,7 +174,11 @@ impl Drop for Script {
                 std::mem::forget(fd);
             }
         }
-        log::serror(server, sys::APLOG_DEBUG, &format!("{}: unloaded", self.path.to_string_lossy()));
+        log::serror(
+            server,
+            sys::APLOG_DEBUG,
+            &format!("{}: unloaded", self.path.to_string_lossy()),
+        );
     }
 }
 
@@ -184,14 +209,25 @@ fn relock<T>(r: std::sync::LockResult<T>) -> T {
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { map: RwLock::new(HashMap::new()), server: AtomicPtr::new(std::ptr::null_mut()) }
+        Registry {
+            map: RwLock::new(HashMap::new()),
+            server: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     /// The loaded script for `path` whose file is `ident`, loading it first
     /// if needed.  A failed load is not remembered.
-    pub fn get(&self, path: &CStr, ident: FileIdent, r: *mut sys::request_rec) -> Result<Arc<Script>, String> {
+    pub fn get(
+        &self,
+        path: &CStr,
+        ident: FileIdent,
+        r: *mut sys::request_rec,
+    ) -> Result<Arc<Script>, String> {
         let key = path.to_bytes();
-        let found = relock(self.map.read()).get(key).filter(|s| s.ident == ident).cloned();
+        let found = relock(self.map.read())
+            .get(key)
+            .filter(|s| s.ident == ident)
+            .cloned();
         let slot = match found {
             Some(slot) => slot,
             None => {
@@ -199,14 +235,23 @@ impl Registry {
                 match map.get(key) {
                     Some(s) if s.ident == ident => s.clone(),
                     _ => {
-                        let slot = Arc::new(Slot { ident, script: OnceLock::new(), loading: Mutex::new(()) });
+                        let slot = Arc::new(Slot {
+                            ident,
+                            script: OnceLock::new(),
+                            loading: Mutex::new(()),
+                        });
                         let old = map.insert(key.into(), slot.clone());
                         drop(map);
                         // The replaced version is released here, outside the
                         // lock: its terminatefunc runs now unless a request
                         // in flight still holds it.
                         if old.is_some() {
-                            log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading the new version", path.to_string_lossy());
+                            log::rlog!(
+                                r,
+                                APLOG_DEBUG,
+                                "{}: file changed, loading the new version",
+                                path.to_string_lossy()
+                            );
                         }
                         drop(old);
                         slot
@@ -232,7 +277,11 @@ impl Registry {
 
     fn remove_slot(&self, key: &[u8], slot: &Arc<Slot>) {
         let mut map = relock(self.map.write());
-        let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) { map.remove(key) } else { None };
+        let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            map.remove(key)
+        } else {
+            None
+        };
         drop(map);
         drop(removed);
     }
@@ -242,7 +291,11 @@ impl Registry {
     pub fn unload(&self, script: &Arc<Script>) {
         let key = script.path.to_bytes();
         let mut map = relock(self.map.write());
-        let removed = if map.get(key).and_then(|s| s.script.get()).is_some_and(|s| Arc::ptr_eq(s, script)) {
+        let removed = if map
+            .get(key)
+            .and_then(|s| s.script.get())
+            .is_some_and(|s| Arc::ptr_eq(s, script))
+        {
             map.remove(key)
         } else {
             None

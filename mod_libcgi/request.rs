@@ -69,7 +69,9 @@ pub struct Active {
 
 impl Active {
     pub fn enter(req: *mut Request) -> Active {
-        Active { prev: CURRENT.with(|c| c.replace(req)) }
+        Active {
+            prev: CURRENT.with(|c| c.replace(req)),
+        }
     }
     pub fn none() -> Active {
         Active::enter(ptr::null_mut())
@@ -151,13 +153,20 @@ impl Request {
     /// Runs Apache's CGI header parser over the buffered block.  Apache logs
     /// malformed or missing headers itself, naming the script.
     fn parse_headers(&mut self) -> c_int {
-        let mut cur = Cursor { data: &self.hdr, pos: 0 };
+        let mut cur = Cursor {
+            data: &self.hdr,
+            pos: 0,
+        };
+        // Given a buffer, the parser keeps the offending line in it for its
+        // log message; without one it reads on to the end first and then
+        // logs an empty "Bad header".
+        let mut line = [0 as c_char; sys::HUGE_STRING_LEN as usize];
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
-        // outlives the call.
+        // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
         unsafe {
             sys::ap_scan_script_header_err_core_ex(
                 self.r,
-                ptr::null_mut(),
+                line.as_mut_ptr(),
                 Some(getsfunc),
                 &mut cur as *mut Cursor as *mut c_void,
                 log::module_index(),
@@ -201,7 +210,12 @@ impl Request {
 
     fn client_gone(&mut self, rv: sys::apr_status_t) {
         self.phase = Phase::ClientGone;
-        log::rerror(self.r, sys::APLOG_INFO, rv, &format!("{}: writing to the client failed", self.filename()));
+        log::rerror(
+            self.r,
+            sys::APLOG_INFO,
+            rv,
+            &format!("{}: writing to the client failed", self.filename()),
+        );
         // SAFETY: `bb` is live; dropping what could not be sent.
         unsafe { sys::brigade_cleanup(self.bb) };
     }
@@ -363,7 +377,9 @@ pub unsafe extern "C" fn lflush() -> c_int {
 /// its IP address when the lookup fails.
 #[no_mangle]
 pub unsafe extern "C" fn get_remote_host() -> *const c_char {
-    let Some(req) = current() else { return ptr::null() };
+    let Some(req) = current() else {
+        return ptr::null();
+    };
     let r = req.r;
     let host = sys::ap_get_useragent_host(r, sys::REMOTE_DOUBLE_REV as c_int, ptr::null_mut());
     if host.is_null() {

@@ -1,0 +1,527 @@
+//! Test harness: a real apache2 (Debian package) started with a generated
+//! configuration on 127.0.0.1, scripts built with `cc`, and a small HTTP/1.1
+//! client speaking to it over TCP.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use http::{Request, Response};
+
+pub const APACHE_BIN: &str = "/usr/sbin/apache2";
+pub const MODULES: &str = "/usr/lib/apache2/modules";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mpm {
+    Prefork,
+    Worker,
+    Event,
+}
+
+impl Mpm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mpm::Prefork => "prefork",
+            Mpm::Worker => "worker",
+            Mpm::Event => "event",
+        }
+    }
+}
+
+/// Generates one #[test] per MPM for a function `fn name(mpm: Mpm)`.
+#[macro_export]
+macro_rules! per_mpm {
+    ($($name:ident),+ $(,)?) => {
+        mod prefork { $( #[test] fn $name() { super::$name($crate::common::Mpm::Prefork) } )+ }
+        mod worker { $( #[test] fn $name() { super::$name($crate::common::Mpm::Worker) } )+ }
+        mod event { $( #[test] fn $name() { super::$name($crate::common::Mpm::Event) } )+ }
+    };
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The module under test: LIBCGI_MODULE, or the cdylib cargo built for this
+/// profile.  Missing is a failure, never a skip.
+pub fn module_path() -> PathBuf {
+    if let Ok(p) = std::env::var("LIBCGI_MODULE") {
+        return PathBuf::from(p);
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let p = root().join("target").join(profile).join("libmod_libcgi.so");
+    assert!(
+        p.exists(),
+        "the module {} does not exist: run `cargo build{}` first (tests/run.sh does)",
+        p.display(),
+        if profile == "release" {
+            " --release"
+        } else {
+            ""
+        }
+    );
+    p
+}
+
+fn check_prerequisites() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        assert!(
+            Path::new(APACHE_BIN).exists(),
+            "{APACHE_BIN} is missing: install Debian's apache2 package (tests/run.sh does)"
+        );
+        for m in [
+            "mod_mpm_event.so",
+            "mod_mpm_prefork.so",
+            "mod_mpm_worker.so",
+            "mod_cgid.so",
+        ] {
+            assert!(
+                Path::new(MODULES).join(m).exists(),
+                "{MODULES}/{m} is missing: install apache2"
+            );
+        }
+        let cc = Command::new("cc").arg("--version").output();
+        assert!(
+            cc.is_ok_and(|o| o.status.success()),
+            "no C compiler `cc`: install gcc"
+        );
+    });
+}
+
+/// A scratch directory readable by the server's user (www-data when the
+/// tests run as root).
+pub fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let base = root().join("target").join("itest");
+    fs::create_dir_all(&base).unwrap();
+    let d = base.join(format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    // Every ancestor must be traversable by www-data.
+    let mut p = d.clone();
+    while p != Path::new("/") {
+        if let Ok(m) = fs::metadata(&p) {
+            let mode = m.permissions().mode();
+            if mode & 0o005 != 0o005 && p.starts_with(root()) {
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode | 0o755)).unwrap();
+            }
+        }
+        p = p.parent().unwrap().to_path_buf();
+    }
+    d
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Compiles a test script from tests/scripts/<src>.c into a shared object in
+/// `dir`, installed by atomic rename (never overwritten in place).
+pub fn build_script(dir: &Path, name: &str, src: &str, extra: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let srcp = root().join("tests/scripts").join(format!("{src}.c"));
+    let mut cmd = Command::new("cc");
+    cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-I"])
+        .arg(root().join("include"))
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&srcp);
+    cmd.args(extra);
+    let o = cmd.output().expect("running cc");
+    assert!(
+        o.status.success(),
+        "cc {} failed:\n{}",
+        srcp.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// Compiles tests/scripts/<src>.c as a classic CGI executable (the same
+/// program, with a main() that reads stdin and writes stdout).
+pub fn build_cgi(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let out = dir.join(name);
+    let o = Command::new("cc")
+        .args(["-O1", "-DCGI_MAIN", "-I"])
+        .arg(root().join("include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(root().join("tests/scripts").join(format!("{src}.c")))
+        .arg(root().join("tests/scripts/cgi_main.c"))
+        .output()
+        .expect("running cc");
+    assert!(
+        o.status.success(),
+        "cc (cgi) failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Config {
+    pub mpm: Mpm,
+    /// Extra lines for the main server config.
+    pub extra: String,
+    /// Server processes and threads (worker/event).
+    pub servers: u32,
+    pub threads: u32,
+    pub loglevel: String,
+    pub cgid: bool,
+}
+
+impl Config {
+    pub fn new(mpm: Mpm) -> Config {
+        Config {
+            mpm,
+            extra: String::new(),
+            servers: 1,
+            threads: 16,
+            loglevel: "warn".into(),
+            cgid: false,
+        }
+    }
+    pub fn extra(mut self, s: &str) -> Config {
+        self.extra.push_str(s);
+        self.extra.push('\n');
+        self
+    }
+}
+
+pub struct Apache {
+    pub dir: PathBuf,
+    /// The libcgi-bin directory (Options +ExecCGI, AddHandler .so).
+    pub bin: PathBuf,
+    pub port: u16,
+    pub mpm: Mpm,
+    child: Child,
+    conf_path: PathBuf,
+}
+
+impl Apache {
+    pub fn start(cfg: Config) -> Apache {
+        check_prerequisites();
+        let dir = scratch(cfg.mpm.name());
+        let bin = dir.join("bin");
+        for d in ["bin", "noexec", "cgi-bin", "run", "setbin", "tiny"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+            fs::set_permissions(dir.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let conf = Self::config(&cfg, &dir, port);
+            let conf_path = dir.join("httpd.conf");
+            fs::write(&conf_path, conf).unwrap();
+            let _ = fs::remove_file(dir.join("error.log"));
+            let mut cmd = Command::new(APACHE_BIN);
+            cmd.arg("-f")
+                .arg(&conf_path)
+                .arg("-DFOREGROUND")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            // Its own process group: prefork signals its whole group when it
+            // shuts down, which would otherwise include the test process.
+            // And if the test process dies, the server must not outlive it.
+            // SAFETY: setsid and prctl are async-signal-safe; nothing else
+            // runs between fork and exec here.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().expect("starting apache2");
+            let mut a = Apache {
+                dir: dir.clone(),
+                bin: bin.clone(),
+                port,
+                mpm: cfg.mpm,
+                child,
+                conf_path,
+            };
+            match a.wait_ready() {
+                Ok(()) => return a,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("apache2 did not start: {last_err}");
+    }
+
+    fn config(cfg: &Config, dir: &Path, port: u16) -> String {
+        let d = dir.display();
+        let mut c = String::new();
+        let m = MODULES;
+        writeln!(
+            c,
+            "ServerRoot {d}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1"
+        )
+        .unwrap();
+        if is_root() {
+            c.push_str("User www-data\nGroup www-data\n");
+        }
+        writeln!(
+            c,
+            "PidFile {d}/run/httpd.pid\nDefaultRuntimeDir {d}/run\nErrorLog {d}/error.log"
+        )
+        .unwrap();
+        writeln!(
+            c,
+            "LogLevel {}\nTimeout 30\nKeepAlive On\nGracefulShutdownTimeout 5",
+            cfg.loglevel
+        )
+        .unwrap();
+        writeln!(
+            c,
+            "LoadModule mpm_{0}_module {m}/mod_mpm_{0}.so",
+            cfg.mpm.name()
+        )
+        .unwrap();
+        match cfg.mpm {
+            Mpm::Prefork => writeln!(
+                c,
+                "StartServers {0}\nMinSpareServers {0}\nMaxSpareServers {0}\nServerLimit {0}\nMaxRequestWorkers {0}",
+                cfg.servers
+            )
+            .unwrap(),
+            _ => writeln!(
+                c,
+                "StartServers {0}\nServerLimit {0}\nThreadLimit {1}\nThreadsPerChild {1}\nMinSpareThreads 1\nMaxSpareThreads {2}\nMaxRequestWorkers {2}",
+                cfg.servers,
+                cfg.threads,
+                cfg.servers * cfg.threads
+            )
+            .unwrap(),
+        }
+        for (name, file) in [
+            ("authz_core", "authz_core"),
+            ("mime", "mime"),
+            ("alias", "alias"),
+            ("env", "env"),
+            ("headers", "headers"),
+            ("deflate", "deflate"),
+            ("filter", "filter"),
+        ] {
+            writeln!(c, "LoadModule {name}_module {m}/mod_{file}.so").unwrap();
+        }
+        if cfg.cgid {
+            writeln!(
+                c,
+                "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock"
+            )
+            .unwrap();
+        }
+        writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
+        writeln!(c, "LoadModule libcgi_module {}", module_path().display()).unwrap();
+        writeln!(
+            c,
+            r#"<Directory />
+  Require all granted
+  AllowOverride None
+</Directory>
+Alias /libcgi-bin/ {d}/bin/
+<Directory {d}/bin>
+  Options +ExecCGI
+  AddHandler libcgi-script .so
+</Directory>
+Alias /noexec/ {d}/noexec/
+<Directory {d}/noexec>
+  Options -ExecCGI
+  AddHandler libcgi-script .so
+</Directory>
+Alias /sethandler/ {d}/setbin/
+<Directory {d}/setbin>
+  Options +ExecCGI
+  SetHandler libcgi-script
+</Directory>
+Alias /tiny/ {d}/bin/
+<Location /tiny/>
+  LimitRequestBody 1024
+</Location>
+<Location /libcgi-bin/nopathinfo.so>
+  AcceptPathInfo Off
+</Location>"#
+        )
+        .unwrap();
+        if cfg.cgid {
+            writeln!(
+                c,
+                "Alias /cgi-bin/ {d}/cgi-bin/\n<Directory {d}/cgi-bin>\n  Options +ExecCGI\n  AddHandler cgi-script .so\n</Directory>"
+            )
+            .unwrap();
+        }
+        c.push_str(&cfg.extra);
+        c
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!("exited with {st}: {err}{}", self.error_log()));
+            }
+            // Ready when the parent has written its pid file and answers.
+            if self.dir.join("run/httpd.pid").exists()
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not answering after 20 s: {}", self.error_log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        Request::get(path).send(self.port)
+    }
+
+    pub fn send(&self, req: Request) -> Response {
+        req.send(self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Polls the error log until `pred` holds for it (bounded).
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(what, Duration::from_secs(15), || {
+            let l = self.error_log();
+            pred(&l).then_some(l)
+        })
+    }
+
+    /// Server processes (children of the parent) currently alive.
+    pub fn children(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(st) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // Fields after the command name in parentheses: state ppid ...
+                if let Some(rest) = st.rsplit_once(')').map(|x| x.1) {
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(self.pid())
+                        && f[0] != "Z"
+                    {
+                        v.push(pid);
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Graceful restart: the old generation finishes and exits.
+    pub fn graceful(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGUSR1) };
+    }
+
+    pub fn install(&self, name: &str, src: &str, extra: &[&str]) -> PathBuf {
+        build_script(&self.bin, name, src, extra)
+    }
+
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "--- error log of the {} server ({}) ---\n{}",
+                self.mpm.name(),
+                self.conf_path.display(),
+                self.error_log()
+            );
+        }
+    }
+}
+
+/// Polls `f` until it returns Some (bounded by `limit`).
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Resident memory high-water mark of a process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
