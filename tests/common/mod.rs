@@ -246,6 +246,8 @@ impl Apache {
             fs::write(&conf_path, conf).unwrap();
             let _ = fs::remove_file(dir.join("error.log"));
             let mut cmd = Command::new(APACHE_BIN);
+            // A variable of the server's own environment, for PassEnv tests.
+            cmd.env("FROM_PASSENV", "passed-through");
             cmd.arg("-f")
                 .arg(&conf_path)
                 .arg("-DFOREGROUND")
