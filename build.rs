@@ -23,12 +23,7 @@ fn find_apxs() -> String {
         return a;
     }
     for cand in ["apxs", "apxs2", "/usr/bin/apxs", "/usr/bin/apxs2"] {
-        if Command::new(cand)
-            .arg("-q")
-            .arg("INCLUDEDIR")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if Command::new(cand).arg("-q").arg("INCLUDEDIR").output().is_ok_and(|o| o.status.success()) {
             return cand.to_string();
         }
     }
@@ -82,7 +77,7 @@ fn main() {
         .allowlist_var(
             "MODULE_MAGIC_.*|APLOG_.*|OK|DECLINED|DONE|HTTP_.*|OPT_.*|ACCESS_CONF|RSRC_CONF|OR_.*\
              |APR_.*|M_.*|AP_.*|REMOTE_.*|REQUEST_CHUNKED_.*|HUGE_STRING_LEN|MAX_STRING_LEN\
-             |apr_bucket_type_.*",
+             |apr_bucket_type_.*|ap_scoreboard_image|SERVER_.*",
         )
         .derive_default(true)
         .layout_tests(false)
@@ -97,9 +92,7 @@ fn main() {
         )
     });
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("writing bindings.rs");
+    bindings.write_to_file(out.join("bindings.rs")).expect("writing bindings.rs");
 
     cc::Build::new()
         .file("mod_libcgi/shim.c")

@@ -26,11 +26,7 @@ pub unsafe fn read(r: *mut sys::request_rec) -> Result<Option<(*mut c_char, usiz
         if cl.is_null() {
             0
         } else {
-            std::ffi::CStr::from_ptr(cl)
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .unwrap_or(0)
+            std::ffi::CStr::from_ptr(cl).to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(0)
         }
     };
     let mut cap = declared.clamp(8192, 16 << 20);
@@ -47,10 +43,7 @@ pub unsafe fn read(r: *mut sys::request_rec) -> Result<Option<(*mut c_char, usiz
         );
         if rv != 0 {
             sys::brigade_cleanup(bb);
-            return Err(sys::ap_map_http_request_error(
-                rv,
-                sys::HTTP_BAD_REQUEST as c_int,
-            ));
+            return Err(sys::ap_map_http_request_error(rv, sys::HTTP_BAD_REQUEST as c_int));
         }
         let mut avail: sys::apr_off_t = 0;
         sys::apr_brigade_length(bb, 1, &mut avail);

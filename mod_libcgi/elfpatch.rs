@@ -73,11 +73,7 @@ struct Find {
     found: Option<Object>,
 }
 
-unsafe extern "C" fn find_cb(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
+unsafe extern "C" fn find_cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
     let find = &mut *(data as *mut Find);
     let info = &*info;
     let base = info.dlpi_addr as usize;
@@ -86,11 +82,7 @@ unsafe extern "C" fn find_cb(
         if ph.p_type == libc::PT_LOAD {
             let start = base + ph.p_vaddr as usize;
             if find.addr >= start && find.addr < start + ph.p_memsz as usize {
-                find.found = Some(Object {
-                    base,
-                    phdr: info.dlpi_phdr,
-                    phnum: info.dlpi_phnum as usize,
-                });
+                find.found = Some(Object { base, phdr: info.dlpi_phdr, phnum: info.dlpi_phnum as usize });
                 return 1;
             }
         }
@@ -112,14 +104,9 @@ fn page_size() -> usize {
 /// `inside` is an address in a loaded object that no other thread is using
 /// yet (called right after dlopen, before the script's first function runs).
 pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<usize, String> {
-    let mut find = Find {
-        addr: inside,
-        found: None,
-    };
+    let mut find = Find { addr: inside, found: None };
     libc::dl_iterate_phdr(Some(find_cb), &mut find as *mut Find as *mut c_void);
-    let obj = find
-        .found
-        .ok_or("the loaded object was not found among the process's objects")?;
+    let obj = find.found.ok_or("the loaded object was not found among the process's objects")?;
     let phdrs = std::slice::from_raw_parts(obj.phdr, obj.phnum);
 
     let dynamic = phdrs
@@ -137,8 +124,7 @@ pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<u
             v
         }
     };
-    let (mut symtab, mut strtab, mut rela, mut relasz, mut jmprel, mut pltrelsz) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut symtab, mut strtab, mut rela, mut relasz, mut jmprel, mut pltrelsz) = (0, 0, 0, 0, 0, 0);
     let mut d = dynamic;
     while (*d).tag != DT_NULL {
         match (*d).tag {
@@ -159,23 +145,14 @@ pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<u
     // RELRO as glibc protects it: whole pages only, the partial last page
     // stays writable.  Outside RELRO only writable segments may be written.
     let page = page_size();
-    let relro = phdrs
-        .iter()
-        .find(|p| p.p_type == libc::PT_GNU_RELRO)
-        .map(|p| {
-            let start = obj.base + p.p_vaddr as usize;
-            (
-                start & !(page - 1),
-                (start + p.p_memsz as usize) & !(page - 1),
-            )
-        });
+    let relro = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_RELRO).map(|p| {
+        let start = obj.base + p.p_vaddr as usize;
+        (start & !(page - 1), (start + p.p_memsz as usize) & !(page - 1))
+    });
     let writable = |a: usize| {
         phdrs.iter().any(|p| {
             let s = obj.base + p.p_vaddr as usize;
-            p.p_type == libc::PT_LOAD
-                && p.p_flags & libc::PF_W != 0
-                && a >= s
-                && a + 8 <= s + p.p_memsz as usize
+            p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_W != 0 && a >= s && a + 8 <= s + p.p_memsz as usize
         })
     };
 
@@ -184,8 +161,7 @@ pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<u
         if start == 0 {
             continue;
         }
-        let relas =
-            std::slice::from_raw_parts(start as *const Rela, size / std::mem::size_of::<Rela>());
+        let relas = std::slice::from_raw_parts(start as *const Rela, size / std::mem::size_of::<Rela>());
         for r in relas {
             let (sym_idx, rtype) = ((r.info >> 32) as usize, (r.info & 0xffff_ffff) as u32);
             if sym_idx == 0 || !matches!(rtype, reloc::ABS64 | reloc::GLOB_DAT | reloc::JUMP_SLOT) {
@@ -200,11 +176,7 @@ pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<u
             let Some(&(_, target)) = table.iter().find(|(n, _)| *n == name) else {
                 continue;
             };
-            let value = if rtype == reloc::ABS64 {
-                target.wrapping_add(r.addend as usize)
-            } else {
-                target
-            };
+            let value = if rtype == reloc::ABS64 { target.wrapping_add(r.addend as usize) } else { target };
             let at = obj.base + r.offset as usize;
             let in_relro = relro.is_some_and(|(s, e)| at >= s && at < e);
             if in_relro {
@@ -217,9 +189,7 @@ pub unsafe fn patch_imports(inside: usize, table: &[(&CStr, usize)]) -> Result<u
             } else if writable(at) {
                 std::ptr::write_volatile(at as *mut usize, value);
             } else {
-                return Err(format!(
-                    "relocation for {name:?} at {at:#x} is in no writable segment"
-                ));
+                return Err(format!("relocation for {name:?} at {at:#x} is in no writable segment"));
             }
             patched += 1;
         }

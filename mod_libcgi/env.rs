@@ -100,11 +100,7 @@ pub unsafe extern "C" fn libcgi_secure_getenv(name: *const c_char) -> *mut c_cha
     }
 }
 
-pub unsafe extern "C" fn libcgi_setenv(
-    name: *const c_char,
-    value: *const c_char,
-    overwrite: c_int,
-) -> c_int {
+pub unsafe extern "C" fn libcgi_setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;

@@ -1,11 +1,14 @@
 //! The `libcgi-script` handler.
 
 use crate::body;
+use crate::config::{self, Settings};
+use crate::guard;
 use crate::log::{self, rlog};
-use crate::registry::{FileIdent, Script, REGISTRY};
+use crate::recycle;
+use crate::registry::{self, FileIdent, LoadError, Registry, Script, REGISTRY};
 use crate::request::{Active, Phase, Request};
 use crate::sys;
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, c_void, CStr, CString};
 use std::sync::Arc;
 
 pub const HANDLER_NAME: &CStr = c"libcgi-script";
@@ -22,12 +25,7 @@ fn ident_of(r: *mut sys::request_rec) -> Option<FileIdent> {
         let fi = &(*r).finfo;
         let want = (sys::APR_FINFO_IDENT | sys::APR_FINFO_MTIME | sys::APR_FINFO_SIZE) as i32;
         if fi.valid & want == want {
-            return Some(FileIdent {
-                dev: fi.device,
-                ino: fi.inode,
-                size: fi.size,
-                mtime: fi.mtime,
-            });
+            return Some(FileIdent { dev: fi.device, ino: fi.inode, size: fi.size, mtime: fi.mtime, ctime: fi.ctime });
         }
         // Some other module built this finfo with fewer fields: ask again.
         let mut st: libc::stat = std::mem::zeroed();
@@ -39,6 +37,7 @@ fn ident_of(r: *mut sys::request_rec) -> Option<FileIdent> {
             ino: st.st_ino,
             size: st.st_size,
             mtime: st.st_mtime * 1_000_000 + st.st_mtime_nsec / 1000,
+            ctime: st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
         })
     }
 }
@@ -49,30 +48,16 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     if (*r).handler.is_null() || CStr::from_ptr((*r).handler) != HANDLER_NAME {
         return DECLINED;
     }
-    let filename = if (*r).filename.is_null() {
-        c""
-    } else {
-        CStr::from_ptr((*r).filename)
-    };
+    let filename = if (*r).filename.is_null() { c"" } else { CStr::from_ptr((*r).filename) };
     let name = filename.to_string_lossy();
 
     if sys::ap_allow_options(r) & sys::OPT_EXECCGI as c_int == 0 {
-        log::rerror(
-            r,
-            sys::APLOG_ERR,
-            0,
-            &format!("Options ExecCGI is off in this directory: {name}"),
-        );
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("Options ExecCGI is off in this directory: {name}"));
         return HTTP_FORBIDDEN;
     }
     match (*r).finfo.filetype {
         sys::apr_filetype_e_APR_NOFILE => {
-            log::rerror(
-                r,
-                sys::APLOG_ERR,
-                0,
-                &format!("script not found or unable to stat: {name}"),
-            );
+            log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
             return HTTP_NOT_FOUND;
         }
         sys::apr_filetype_e_APR_REG => {}
@@ -81,41 +66,22 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
                 r,
                 sys::APLOG_ERR,
                 0,
-                &format!(
-                    "attempt to invoke something other than a regular file as a script: {name}"
-                ),
+                &format!("attempt to invoke something other than a regular file as a script: {name}"),
             );
             return HTTP_FORBIDDEN;
         }
     }
-    if (*r).used_path_info == sys::AP_REQ_REJECT_PATH_INFO as c_int
-        && !(*r).path_info.is_null()
-        && *(*r).path_info != 0
+    if (*r).used_path_info == sys::AP_REQ_REJECT_PATH_INFO as c_int && !(*r).path_info.is_null() && *(*r).path_info != 0
     {
-        log::rerror(
-            r,
-            sys::APLOG_ERR,
-            0,
-            &format!("AcceptPathInfo off disallows user's path: {name}"),
-        );
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("AcceptPathInfo off disallows user's path: {name}"));
         return HTTP_NOT_FOUND;
     }
     let Some(registry) = REGISTRY.get() else {
-        log::rerror(
-            r,
-            sys::APLOG_ERR,
-            0,
-            &format!("{name}: mod_libcgi was not initialised in this process"),
-        );
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: mod_libcgi was not initialised in this process"));
         return HTTP_INTERNAL_SERVER_ERROR;
     };
     let Some(ident) = ident_of(r) else {
-        log::rerror(
-            r,
-            sys::APLOG_ERR,
-            0,
-            &format!("script not found or unable to stat: {name}"),
-        );
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
         return HTTP_NOT_FOUND;
     };
 
@@ -125,55 +91,88 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         Err(status) => return status,
     };
 
+    let cfg = config::settings(r);
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;
-    let (script, rc) = {
+    let (script, out) = {
         // From here until the guard drops, `req` is reached only through
         // `reqp` (by the script's callbacks on this thread).
         let _active = Active::enter(reqp);
-        let script = match registry.get(filename, ident, r) {
+        let script = match registry.get(filename, ident, r, &cfg) {
             Ok(s) => s,
-            Err(why) => {
-                log::rerror(
-                    r,
-                    sys::APLOG_ERR,
-                    0,
-                    &format!("{name}: cannot load script: {why}"),
-                );
-                return HTTP_INTERNAL_SERVER_ERROR;
-            }
+            Err(e) => return load_failed(r, &name, e, &cfg),
         };
         rlog!(r, APLOG_DEBUG, "{name}: calling processfunc");
-        let rc = {
-            let _serial = script
-                .serial
-                .as_ref()
-                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-            (script.process)(input)
+        let out = {
+            let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+            guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout)
         };
-        (script, rc)
+        (script, out)
     };
-    rlog!(r, APLOG_DEBUG, "{name}: processfunc returned {rc}");
-    finish(registry, &script, &mut req, rc, &name)
+    rlog!(r, APLOG_DEBUG, "{name}: processfunc {}", out.describe(cfg.timeout));
+    match out.kind {
+        guard::RETURNED => finish(registry, &script, &mut req, out.rc, &name),
+        // exit(0) after complete output is a normal end; exit(n) a failure.
+        guard::EXITED => finish(registry, &script, &mut req, out.exit_status, &name),
+        guard::FAULT | guard::TIMEOUT => {
+            log::rerror(
+                r,
+                sys::APLOG_ERR,
+                0,
+                &format!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
+            );
+            registry.unload(&script);
+            if registry.record_fault(filename.to_bytes(), ident, &cfg) {
+                log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(filename, &cfg));
+            }
+            drop(script); // terminatefunc runs here unless another request still holds it
+            failed_response(r, &mut req, &cfg)
+        }
+        _ => {
+            log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: {}", out.describe(cfg.timeout)));
+            failed_response(r, &mut req, &cfg)
+        }
+    }
+}
+
+/// After a fault: a 500 if nothing reached the client yet; otherwise the
+/// response must not look complete, so the connection is cut (no last chunk,
+/// no keep-alive).
+unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Settings) -> c_int {
+    req.discard_body();
+    if cfg.recycle {
+        recycle::schedule(r);
+    }
+    if (*r).sent_bodyct == 0 {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    let c = (*r).connection;
+    (*c).keepalive = sys::ap_conn_keepalive_e_AP_CONN_CLOSE;
+    (*c).aborted = 1;
+    OK
+}
+
+unsafe fn load_failed(r: *mut sys::request_rec, name: &str, e: LoadError, cfg: &Settings) -> c_int {
+    if let Some(secs) = e.retry_after {
+        // Quarantine: logged once when it began, not per request.
+        let v = CString::new(secs.to_string()).unwrap_or_default();
+        sys::apr_table_setn((*r).err_headers_out, c"Retry-After".as_ptr(), sys::apr_pstrdup((*r).pool, v.as_ptr()));
+        rlog!(r, APLOG_DEBUG, "{name}: quarantined, {secs} s left");
+        return e.status;
+    }
+    log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {}", e.msg));
+    if e.fault && cfg.recycle {
+        recycle::schedule(r);
+    }
+    e.status
 }
 
 /// Turns what the script produced into the response, as mod_cgi would.
-unsafe fn finish(
-    registry: &crate::registry::Registry,
-    script: &Arc<Script>,
-    req: &mut Request,
-    rc: c_int,
-    name: &str,
-) -> c_int {
+unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: &str) -> c_int {
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;
     if rc != 0 {
-        log::rerror(
-            r,
-            sys::APLOG_ERR,
-            0,
-            &format!("{name}: processfunc returned {rc}"),
-        );
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: processfunc returned {rc}"));
         if nothing_sent && matches!(req.phase, Phase::Headers | Phase::Body | Phase::Discard) {
             req.discard_body();
             return HTTP_INTERNAL_SERVER_ERROR;

@@ -2,18 +2,23 @@
 //! inside Apache httpd 2.4.
 //!
 //! Where the `unsafe` lives: `sys` (bindings), `elfpatch` (rewriting a
-//! loaded script's relocations), `registry` (dlopen/dlsym and calls into
-//! scripts), `request` and `env` (the functions scripts call, which get raw
-//! pointers from C), `body` and `handler` (Apache's request API).
+//! loaded script's relocations), `guard` and `shim.c` (calls into scripts
+//! under sigsetjmp, the watchdog), `registry` (dlopen/dlsym), `request` and
+//! `env` (the functions scripts call, which get raw pointers from C), `trust`,
+//! `recycle`, `body` and `handler` (Apache's request API).
 
 mod body;
+mod config;
 mod elfpatch;
 mod env;
+mod guard;
 mod handler;
 mod log;
+mod recycle;
 mod registry;
 mod request;
 mod sys;
+mod trust;
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -32,28 +37,18 @@ pub static mut libcgi_module: sys::module = sys::module {
     next: ptr::null_mut(),
     magic: sys::MODULE_MAGIC_COOKIE as std::ffi::c_ulong,
     rewrite_args: None,
-    create_dir_config: None,
-    merge_dir_config: None,
+    create_dir_config: Some(config::create_dir_config),
+    merge_dir_config: Some(config::merge_dir_config),
     create_server_config: None,
     merge_server_config: None,
-    cmds: ptr::null(),
+    cmds: (&raw const config::COMMANDS).cast(),
     register_hooks: Some(register_hooks),
     flags: 0,
 };
 
 unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
-    sys::ap_hook_handler(
-        Some(handler::handler),
-        ptr::null(),
-        ptr::null(),
-        sys::APR_HOOK_MIDDLE as c_int,
-    );
-    sys::ap_hook_child_init(
-        Some(child_init),
-        ptr::null(),
-        ptr::null(),
-        sys::APR_HOOK_MIDDLE as c_int,
-    );
+    sys::ap_hook_handler(Some(handler::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+    sys::ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
 }
 
 /// Each server process gets its own list of loaded scripts; the child pool's
@@ -62,12 +57,18 @@ unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
 unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
     let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
     reg.server.store(s, Ordering::Relaxed);
-    sys::apr_pool_cleanup_register(
-        pchild,
-        ptr::null(),
-        Some(child_exit),
-        Some(sys::apr_pool_cleanup_null),
-    );
+    guard::libcgi_set_api(&RS_API);
+    // Apache's own fault handlers (sig_coredump) are in place by now; ours
+    // keep them and hand them every fault that is not a script's.
+    let e = guard::libcgi_install_handlers(guard::timer_signal());
+    if e != 0 {
+        log::serror(
+            s,
+            sys::APLOG_CRIT,
+            &format!("cannot install the fault handlers: {}", std::io::Error::from_raw_os_error(e)),
+        );
+    }
+    sys::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_exit), Some(sys::apr_pool_cleanup_null));
 }
 
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {
@@ -76,3 +77,17 @@ unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {
     }
     0
 }
+
+/// The Rust side of the functions scripts call, for the C wrappers.
+static RS_API: guard::RsApi = guard::RsApi {
+    lwrite: request::rs_lwrite,
+    lflush: request::rs_lflush,
+    get_remote_host: request::rs_get_remote_host,
+    linput_length: request::rs_linput_length,
+    getenv: env::libcgi_getenv,
+    secure_getenv: env::libcgi_secure_getenv,
+    setenv: env::libcgi_setenv,
+    unsetenv: env::libcgi_unsetenv,
+    putenv: env::libcgi_putenv,
+    clearenv: env::libcgi_clearenv,
+};

@@ -48,16 +48,7 @@ pub fn serror(s: *const sys::server_rec, level: u32, msg: &str) {
     // SAFETY: `s` is null or the process's main server_rec, which outlives
     // every request and cleanup of the child.
     unsafe {
-        sys::ap_log_error_(
-            c"mod_libcgi".as_ptr(),
-            0,
-            module_index(),
-            level as c_int,
-            0,
-            s,
-            c"%s".as_ptr(),
-            m.as_ptr(),
-        )
+        sys::ap_log_error_(c"mod_libcgi".as_ptr(), 0, module_index(), level as c_int, 0, s, c"%s".as_ptr(), m.as_ptr())
     }
 }
 

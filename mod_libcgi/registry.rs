@@ -2,22 +2,25 @@
 //!
 //! Keyed by the script's path (O(1) lookup however many scripts a site has),
 //! each entry remembers the identity of the file it loaded (device, inode,
-//! size, mtime).  A request whose file no longer matches loads the new file;
-//! the old version stays alive while requests in flight still hold it
+//! size, mtime, ctime).  A request whose file no longer matches loads the new
+//! file; the old version stays alive while requests in flight still hold it
 //! (`Arc`), and its terminatefunc runs and the library is closed when the last
 //! one lets go.
 
+use crate::config::Settings;
 use crate::elfpatch;
-use crate::env;
+use crate::guard::{self, Outcome};
 use crate::log;
 use crate::request::Active;
 use crate::sys;
+use crate::trust;
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 pub type ProcessFn = unsafe extern "C" fn(*mut c_char) -> c_int;
 type InitFn = unsafe extern "C" fn() -> c_int;
@@ -30,27 +33,55 @@ pub struct FileIdent {
     pub ino: u64,
     pub size: i64,
     pub mtime: i64,
+    /// A chmod or chown changes only this: the script is then reloaded, and
+    /// the trust checks run again.
+    pub ctime: i64,
 }
 
-/// The imports of a script that are bound to per-request versions.
-fn bindings() -> [(&'static CStr, usize); 6] {
+/// The imports of a script that are bound to ours: the environment goes to
+/// the per-request table, and exit() & co. end the request, not the server.
+/// All point at the C wrappers in shim.c, which defer a timeout until they
+/// return.
+fn bindings() -> [(&'static CStr, usize); 10] {
     [
-        (c"getenv", env::libcgi_getenv as *const () as usize),
-        (
-            c"secure_getenv",
-            env::libcgi_secure_getenv as *const () as usize,
-        ),
-        (c"setenv", env::libcgi_setenv as *const () as usize),
-        (c"unsetenv", env::libcgi_unsetenv as *const () as usize),
-        (c"putenv", env::libcgi_putenv as *const () as usize),
-        (c"clearenv", env::libcgi_clearenv as *const () as usize),
+        (c"getenv", guard::libcgi_c_getenv as *const () as usize),
+        (c"secure_getenv", guard::libcgi_c_secure_getenv as *const () as usize),
+        (c"setenv", guard::libcgi_c_setenv as *const () as usize),
+        (c"unsetenv", guard::libcgi_c_unsetenv as *const () as usize),
+        (c"putenv", guard::libcgi_c_putenv as *const () as usize),
+        (c"clearenv", guard::libcgi_c_clearenv as *const () as usize),
+        (c"exit", guard::libcgi_c_exit as *const () as usize),
+        (c"_exit", guard::libcgi_c__exit as *const () as usize),
+        (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
+        (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
     ]
+}
+
+/// Why a script could not be run, and what the client gets.
+pub struct LoadError {
+    pub status: c_int,
+    pub msg: String,
+    /// The load itself faulted (initfunc crashed or timed out).
+    pub fault: bool,
+    /// Set for a quarantined script (503 with Retry-After).
+    pub retry_after: Option<u64>,
+}
+
+impl LoadError {
+    fn failed(msg: String) -> LoadError {
+        LoadError { status: sys::HTTP_INTERNAL_SERVER_ERROR as c_int, msg, fault: false, retry_after: None }
+    }
+    fn forbidden(msg: String) -> LoadError {
+        LoadError { status: sys::HTTP_FORBIDDEN as c_int, msg, fault: false, retry_after: None }
+    }
 }
 
 pub struct Script {
     pub path: CString,
     pub process: ProcessFn,
     terminate: Option<TermFn>,
+    /// Deadline for terminatefunc: the LibCGITimeout in force at load.
+    timeout: Option<Duration>,
     /// Held around processfunc unless the script declared itself
     /// thread-safe (`libcgi_thread_safe = 1`).
     pub serial: Option<Mutex<()>>,
@@ -69,73 +100,78 @@ unsafe impl Send for Script {}
 unsafe impl Sync for Script {}
 
 impl Script {
-    /// Loads the library, binds its environment imports and runs initfunc.
-    /// Runs inside the request that needs the script, so initfunc sees that
-    /// request's environment.
-    fn load(path: &CStr, r: *mut sys::request_rec) -> Result<Script, String> {
+    /// Loads the library, binds its imports and runs initfunc.  Runs inside
+    /// the request that needs the script, so initfunc sees that request's
+    /// environment.
+    fn load(path: &CStr, r: *mut sys::request_rec, cfg: &Settings) -> Result<Script, LoadError> {
         // SAFETY (whole function): plain libc calls on our own descriptor;
-        // the library's code runs only through the checked symbols below.
+        // the library's code runs only under the guard.
         unsafe {
             let raw = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
             if raw < 0 {
-                return Err(format!("cannot open: {}", std::io::Error::last_os_error()));
+                return Err(LoadError::failed(format!("cannot open: {}", std::io::Error::last_os_error())));
             }
             let fd = OwnedFd::from_raw_fd(raw);
             let name = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            // The checks look at what was opened, not at what the path named
+            // a moment ago: they and dlopen see the same file.
+            trust::check(&fd, r, cfg).map_err(LoadError::forbidden)?;
             // RTLD_LOCAL: a script's symbols never become visible to other
             // scripts.  RTLD_DEEPBIND: the script's own definitions win over
             // the server's (its own `random`, say), as in a CGI process.
-            let lib = Library::open(Some(&name), RTLD_NOW | RTLD_LOCAL | libc::RTLD_DEEPBIND)
-                .map_err(|e| {
-                    format!(
-                        "not a loadable shared object: {}",
-                        strip_proc_name(&e.to_string(), &name)
-                    )
-                })?;
+            // The script's constructors run inside dlopen, unguarded: a fault
+            // there is a fault of the server process (and of the loader lock,
+            // which a jump out of dlopen would leave held).
+            let lib = Library::open(Some(&name), RTLD_NOW | RTLD_LOCAL | libc::RTLD_DEEPBIND).map_err(|e| {
+                LoadError::failed(format!(
+                    "not a loadable shared object: {}",
+                    e.to_string().replace(&format!("{name}: "), "")
+                ))
+            })?;
             let process: Symbol<ProcessFn> = lib
                 .get(b"processfunc\0")
-                .map_err(|_| "the script does not export processfunc".to_string())?;
+                .map_err(|_| LoadError::failed("the script does not export processfunc".to_string()))?;
             let process = *process;
             let init: Option<InitFn> = lib.get::<InitFn>(b"initfunc\0").ok().map(|s| *s);
             let terminate: Option<TermFn> = lib.get::<TermFn>(b"terminatefunc\0").ok().map(|s| *s);
-            let thread_safe = lib
-                .get::<*const c_int>(b"libcgi_thread_safe\0")
-                .ok()
-                .is_some_and(|s| !(*s).is_null() && **s != 0);
+            let thread_safe =
+                lib.get::<*const c_int>(b"libcgi_thread_safe\0").ok().is_some_and(|s| !(*s).is_null() && **s != 0);
             let n = elfpatch::patch_imports(process as usize, &bindings())
-                .map_err(|e| format!("cannot bind the script's environment functions: {e}"))?;
+                .map_err(|e| LoadError::failed(format!("cannot bind the script's imports: {e}")))?;
             log::rlog!(
                 r,
                 APLOG_DEBUG,
-                "{}: loaded ({n} environment imports bound, thread_safe={thread_safe})",
+                "{}: loaded ({n} imports bound, thread_safe={thread_safe})",
                 path.to_string_lossy()
             );
-            let script = Script {
+            let mut script = Script {
                 path: path.to_owned(),
                 process,
-                terminate,
+                terminate: None,
+                timeout: cfg.timeout,
                 serial: (!thread_safe).then(|| Mutex::new(())),
                 lib: Some(lib),
                 fd: Some(fd),
             };
             if let Some(init) = init {
-                let rc = init();
-                if rc != 0 {
-                    // A script whose initfunc failed was never initialised:
-                    // close it without terminatefunc.
-                    let mut script = script;
-                    script.terminate = None;
-                    return Err(format!("initfunc returned {rc}"));
+                let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), cfg.timeout);
+                // A script whose initfunc failed was never initialised: it is
+                // closed (when `script` drops) without terminatefunc.
+                match out.kind {
+                    guard::RETURNED if out.rc == 0 => {}
+                    guard::RETURNED => return Err(LoadError::failed(format!("initfunc returned {}", out.rc))),
+                    _ => {
+                        let mut e = LoadError::failed(format!("initfunc {}", out.describe(cfg.timeout)));
+                        e.fault = out.is_fault();
+                        return Err(e);
+                    }
                 }
                 log::rlog!(r, APLOG_DEBUG, "{}: initfunc done", path.to_string_lossy());
             }
+            script.terminate = terminate;
             Ok(script)
         }
     }
-}
-
-fn strip_proc_name(msg: &str, name: &str) -> String {
-    msg.replace(&format!("{name}: "), "")
 }
 
 impl Drop for Script {
@@ -143,25 +179,26 @@ impl Drop for Script {
         // terminatefunc belongs to no request: hide the current one (if any)
         // from the script's getenv and lwrite.
         let _none = Active::none();
+        let server = REGISTRY.get().map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
         if let Some(term) = self.terminate {
             // SAFETY: the library is still open; terminatefunc takes nothing.
-            unsafe { term() };
+            let out: Outcome = unsafe {
+                guard::call(term as *const c_void, guard::CALL_VOID_VOID, std::ptr::null_mut(), self.timeout)
+            };
+            if out.kind != guard::RETURNED {
+                let what =
+                    format!("{}: terminatefunc {}; skipped", self.path.to_string_lossy(), out.describe(self.timeout));
+                log::serror(server, sys::APLOG_ERR, &what);
+            }
         }
-        let server = REGISTRY
-            .get()
-            .map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
         if let Some(lib) = self.lib.take() {
             if let Err(e) = lib.close() {
-                log::serror(
-                    server,
-                    sys::APLOG_WARNING,
-                    &format!("{}: dlclose failed: {e}", self.path.to_string_lossy()),
-                );
+                let what = format!("{}: dlclose failed: {e}", self.path.to_string_lossy());
+                log::serror(server, sys::APLOG_WARNING, &what);
             }
         }
         if let Some(fd) = self.fd.take() {
-            let name =
-                CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
+            let name = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
             // SAFETY: RTLD_NOLOAD only queries; a handle it returns is closed
             // again at once.
             let still = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
@@ -174,11 +211,7 @@ impl Drop for Script {
                 std::mem::forget(fd);
             }
         }
-        log::serror(
-            server,
-            sys::APLOG_DEBUG,
-            &format!("{}: unloaded", self.path.to_string_lossy()),
-        );
+        log::serror(server, sys::APLOG_DEBUG, &format!("{}: unloaded", self.path.to_string_lossy()));
     }
 }
 
@@ -190,8 +223,16 @@ struct Slot {
     loading: Mutex<()>,
 }
 
+/// Recent faults of one script path in this process.
+struct Faults {
+    ident: FileIdent,
+    times: Vec<Instant>,
+    quarantined_until: Option<Instant>,
+}
+
 pub struct Registry {
     map: RwLock<HashMap<Box<[u8]>, Arc<Slot>>>,
+    faults: Mutex<HashMap<Box<[u8]>, Faults>>,
     /// The main server, for messages outside requests.
     pub server: AtomicPtr<sys::server_rec>,
 }
@@ -211,6 +252,7 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             map: RwLock::new(HashMap::new()),
+            faults: Mutex::new(HashMap::new()),
             server: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
@@ -222,36 +264,35 @@ impl Registry {
         path: &CStr,
         ident: FileIdent,
         r: *mut sys::request_rec,
-    ) -> Result<Arc<Script>, String> {
+        cfg: &Settings,
+    ) -> Result<Arc<Script>, LoadError> {
         let key = path.to_bytes();
-        let found = relock(self.map.read())
-            .get(key)
-            .filter(|s| s.ident == ident)
-            .cloned();
+        let found = relock(self.map.read()).get(key).filter(|s| s.ident == ident).cloned();
         let slot = match found {
             Some(slot) => slot,
             None => {
+                // Only a script that is not loaded can be in quarantine (a
+                // fault unloads it), so this check stays off the fast path.
+                if let Some(left) = self.quarantined(key, ident) {
+                    return Err(LoadError {
+                        status: sys::HTTP_SERVICE_UNAVAILABLE as c_int,
+                        msg: "quarantined".into(),
+                        fault: false,
+                        retry_after: Some(left.as_secs_f64().ceil() as u64),
+                    });
+                }
                 let mut map = relock(self.map.write());
                 match map.get(key) {
                     Some(s) if s.ident == ident => s.clone(),
                     _ => {
-                        let slot = Arc::new(Slot {
-                            ident,
-                            script: OnceLock::new(),
-                            loading: Mutex::new(()),
-                        });
+                        let slot = Arc::new(Slot { ident, script: OnceLock::new(), loading: Mutex::new(()) });
                         let old = map.insert(key.into(), slot.clone());
                         drop(map);
                         // The replaced version is released here, outside the
                         // lock: its terminatefunc runs now unless a request
                         // in flight still holds it.
                         if old.is_some() {
-                            log::rlog!(
-                                r,
-                                APLOG_DEBUG,
-                                "{}: file changed, loading the new version",
-                                path.to_string_lossy()
-                            );
+                            log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading it again", path.to_string_lossy());
                         }
                         drop(old);
                         slot
@@ -266,10 +307,13 @@ impl Registry {
         if let Some(s) = slot.script.get() {
             return Ok(s.clone());
         }
-        match Script::load(path, r) {
+        match Script::load(path, r, cfg) {
             Ok(script) => Ok(slot.script.get_or_init(|| Arc::new(script)).clone()),
             Err(e) => {
                 self.remove_slot(key, &slot);
+                if e.fault && self.record_fault(key, ident, cfg) {
+                    log::rerror(r, sys::APLOG_ERR, 0, &quarantine_message(path, cfg));
+                }
                 Err(e)
             }
         }
@@ -277,11 +321,7 @@ impl Registry {
 
     fn remove_slot(&self, key: &[u8], slot: &Arc<Slot>) {
         let mut map = relock(self.map.write());
-        let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-            map.remove(key)
-        } else {
-            None
-        };
+        let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) { map.remove(key) } else { None };
         drop(map);
         drop(removed);
     }
@@ -291,11 +331,7 @@ impl Registry {
     pub fn unload(&self, script: &Arc<Script>) {
         let key = script.path.to_bytes();
         let mut map = relock(self.map.write());
-        let removed = if map
-            .get(key)
-            .and_then(|s| s.script.get())
-            .is_some_and(|s| Arc::ptr_eq(s, script))
-        {
+        let removed = if map.get(key).and_then(|s| s.script.get()).is_some_and(|s| Arc::ptr_eq(s, script)) {
             map.remove(key)
         } else {
             None
@@ -304,9 +340,61 @@ impl Registry {
         drop(removed);
     }
 
+    /// Time left in quarantine for this path, if any.  A new file (another
+    /// identity) ends the quarantine: it counts as a fix until it faults.
+    fn quarantined(&self, key: &[u8], ident: FileIdent) -> Option<Duration> {
+        let mut faults = relock(self.faults.lock());
+        let until = faults.get(key)?.quarantined_until;
+        let now = Instant::now();
+        match until {
+            Some(u) if now < u && faults.get(key).is_some_and(|f| f.ident == ident) => Some(u - now),
+            Some(_) => {
+                faults.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Counts a fault (or timeout) of a script.  Returns true when this one
+    /// puts the script into quarantine (the caller logs that, once).
+    pub fn record_fault(&self, key: &[u8], ident: FileIdent, cfg: &Settings) -> bool {
+        if cfg.max_faults == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut faults = relock(self.faults.lock());
+        let f =
+            faults.entry(key.into()).or_insert_with(|| Faults { ident, times: Vec::new(), quarantined_until: None });
+        if f.ident != ident {
+            *f = Faults { ident, times: Vec::new(), quarantined_until: None };
+        }
+        if f.quarantined_until.is_some() {
+            return false;
+        }
+        f.times.retain(|t| now.duration_since(*t) < cfg.fault_window);
+        f.times.push(now);
+        if f.times.len() as u32 >= cfg.max_faults {
+            f.quarantined_until = Some(now + cfg.fault_window);
+            f.times.clear();
+            return true;
+        }
+        false
+    }
+
     /// At process exit: every loaded script gets its terminatefunc.
     pub fn shutdown(&self) {
         let all: Vec<_> = relock(self.map.write()).drain().collect();
         drop(all);
     }
+}
+
+pub fn quarantine_message(path: &CStr, cfg: &Settings) -> String {
+    format!(
+        "{}: quarantined for {} s after {} faults within {} s (LibCGIMaxFaults); requests get 503 meanwhile",
+        path.to_string_lossy(),
+        cfg.fault_window.as_secs(),
+        cfg.max_faults,
+        cfg.fault_window.as_secs()
+    )
 }

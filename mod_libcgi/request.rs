@@ -69,9 +69,7 @@ pub struct Active {
 
 impl Active {
     pub fn enter(req: *mut Request) -> Active {
-        Active {
-            prev: CURRENT.with(|c| c.replace(req)),
-        }
+        Active { prev: CURRENT.with(|c| c.replace(req)) }
     }
     pub fn none() -> Active {
         Active::enter(ptr::null_mut())
@@ -119,7 +117,10 @@ impl Request {
                     self.r,
                     sys::APLOG_ERR,
                     0,
-                    &format!("{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line", self.filename()),
+                    &format!(
+                        "{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line",
+                        self.filename()
+                    ),
                 );
                 self.fail_headers();
                 return -1;
@@ -153,10 +154,7 @@ impl Request {
     /// Runs Apache's CGI header parser over the buffered block.  Apache logs
     /// malformed or missing headers itself, naming the script.
     fn parse_headers(&mut self) -> c_int {
-        let mut cur = Cursor {
-            data: &self.hdr,
-            pos: 0,
-        };
+        let mut cur = Cursor { data: &self.hdr, pos: 0 };
         // Given a buffer, the parser keeps the offending line in it for its
         // log message; without one it reads on to the end first and then
         // logs an empty "Bad header".
@@ -210,12 +208,7 @@ impl Request {
 
     fn client_gone(&mut self, rv: sys::apr_status_t) {
         self.phase = Phase::ClientGone;
-        log::rerror(
-            self.r,
-            sys::APLOG_INFO,
-            rv,
-            &format!("{}: writing to the client failed", self.filename()),
-        );
+        log::rerror(self.r, sys::APLOG_INFO, rv, &format!("{}: writing to the client failed", self.filename()));
         // SAFETY: `bb` is live; dropping what could not be sent.
         unsafe { sys::brigade_cleanup(self.bb) };
     }
@@ -339,11 +332,14 @@ unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) ->
 }
 
 // ---- The functions scripts call ------------------------------------------
+//
+// Scripts call the exported names (lwrite, ...), which are trampolines into
+// the C wrappers in shim.c; those call the rs_* functions below through the
+// table handed over at child_init (guard::RsApi).
 
 /// Writes `len` bytes of CGI output.  Returns `len`, or -1 when the output
 /// cannot be used (client gone, bad headers, no request on this thread).
-#[no_mangle]
-pub unsafe extern "C" fn lwrite(buf: *const c_void, len: usize) -> c_int {
+pub unsafe extern "C" fn rs_lwrite(buf: *const c_void, len: usize) -> c_int {
     let Some(req) = current() else { return -1 };
     if len == 0 {
         return 0;
@@ -354,19 +350,8 @@ pub unsafe extern "C" fn lwrite(buf: *const c_void, len: usize) -> c_int {
     req.write(std::slice::from_raw_parts(buf as *const u8, len))
 }
 
-/// Writes a string, adding no newline.
-#[no_mangle]
-pub unsafe extern "C" fn lputs(s: *const c_char) -> c_int {
-    if s.is_null() {
-        return -1;
-    }
-    let bytes = CStr::from_ptr(s).to_bytes();
-    lwrite(bytes.as_ptr() as *const c_void, bytes.len())
-}
-
 /// Pushes buffered body output to the client now.
-#[no_mangle]
-pub unsafe extern "C" fn lflush() -> c_int {
+pub unsafe extern "C" fn rs_lflush() -> c_int {
     match current() {
         Some(req) => req.flush(),
         None => -1,
@@ -375,11 +360,8 @@ pub unsafe extern "C" fn lflush() -> c_int {
 
 /// The client's host name (double-reverse DNS, looked up on first call), or
 /// its IP address when the lookup fails.
-#[no_mangle]
-pub unsafe extern "C" fn get_remote_host() -> *const c_char {
-    let Some(req) = current() else {
-        return ptr::null();
-    };
+pub unsafe extern "C" fn rs_get_remote_host() -> *const c_char {
+    let Some(req) = current() else { return ptr::null() };
     let r = req.r;
     let host = sys::ap_get_useragent_host(r, sys::REMOTE_DOUBLE_REV as c_int, ptr::null_mut());
     if host.is_null() {
@@ -390,29 +372,36 @@ pub unsafe extern "C" fn get_remote_host() -> *const c_char {
 }
 
 /// Length of the body handed to processfunc.
-#[no_mangle]
-pub unsafe extern "C" fn linput_length() -> usize {
+pub unsafe extern "C" fn rs_linput_length() -> usize {
     current().map_or(0, |req| req.input_len)
 }
 
-unsafe extern "C" {
-    fn libcgi_lprintf_impl(fmt: *const c_char, ...) -> c_int;
+/// Exports `$name` as a tail jump to the C wrapper `$target`: the caller's
+/// registers and stack arrive untouched (varargs included), and, being a
+/// Rust `#[no_mangle]` function, it is exported from the cdylib.
+macro_rules! export_trampoline {
+    ($name:ident => $target:ident) => {
+        unsafe extern "C" {
+            fn $target();
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!("jmp {0}", sym $target)
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!("b {0}", sym $target)
+        }
+    };
 }
 
-/// `int lprintf(const char *fmt, ...)`: a tail jump into the C
-/// implementation (see shim.c), so that the variadic arguments arrive in the
-/// registers and stack slots the caller put them in.  Being a Rust
-/// `#[no_mangle]` function, it is exported from the cdylib like the others.
-#[cfg(target_arch = "x86_64")]
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn lprintf() {
-    core::arch::naked_asm!("jmp {0}", sym libcgi_lprintf_impl)
-}
-
-#[cfg(target_arch = "aarch64")]
-#[unsafe(naked)]
-#[no_mangle]
-pub unsafe extern "C" fn lprintf() {
-    core::arch::naked_asm!("b {0}", sym libcgi_lprintf_impl)
-}
+export_trampoline!(lwrite => libcgi_c_lwrite);
+export_trampoline!(lputs => libcgi_c_lputs);
+export_trampoline!(lprintf => libcgi_c_lprintf);
+export_trampoline!(lflush => libcgi_c_lflush);
+export_trampoline!(get_remote_host => libcgi_c_get_remote_host);
+export_trampoline!(linput_length => libcgi_c_linput_length);

@@ -9,6 +9,7 @@
 #include <util_script.h>
 #include <util_filter.h>
 #include <ap_mpm.h>
+#include <scoreboard.h>
 #include <apr_strings.h>
 #include <apr_buckets.h>
 #include <apr_tables.h>

@@ -8,16 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
 fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn same_as_mod_cgid(mpm: Mpm) {
-    let mut cfg = Config::new(mpm).extra(
-        "SetEnv FROM_SETENV set-by-config\nPassEnv FROM_PASSENV\nServerAdmin admin@example.invalid",
-    );
+    let mut cfg = Config::new(mpm)
+        .extra("SetEnv FROM_SETENV set-by-config\nPassEnv FROM_PASSENV\nServerAdmin admin@example.invalid");
     cfg.cgid = true;
     let a = Apache::start(cfg);
     a.install("envdump.so", "envdump", &[]);
@@ -25,37 +21,22 @@ fn same_as_mod_cgid(mpm: Mpm) {
     build_cgi(&a.dir.join("cgi-bin"), "envdump.so", "envdump");
 
     let request = |prefix: &str| {
-        Request::post(
-            &format!("/{prefix}/envdump.so/extra/path?a=1&b=%20x"),
-            b"field=value",
-        )
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("Cookie", "session=abc; other=1")
-        .header("X-Token", "tok")
-        .header("User-Agent", "libcgi-test/1")
-        .header("Accept", "text/plain")
-        .header("Proxy", "must-not-appear")
+        Request::post(&format!("/{prefix}/envdump.so/extra/path?a=1&b=%20x"), b"field=value")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Cookie", "session=abc; other=1")
+            .header("X-Token", "tok")
+            .header("User-Agent", "libcgi-test/1")
+            .header("Accept", "text/plain")
+            .header("Proxy", "must-not-appear")
     };
     let cgi = a.send(request("cgi-bin"));
-    assert_eq!(
-        cgi.status,
-        200,
-        "mod_cgid: {}\n{}",
-        cgi.text(),
-        a.error_log()
-    );
+    assert_eq!(cgi.status, 200, "mod_cgid: {}\n{}", cgi.text(), a.error_log());
     let lib = a.send(request("libcgi-bin"));
     assert_eq!(lib.status, 200, "{}", a.error_log());
 
     let cgi_text = cgi.text();
-    let unlisted: Vec<&str> = cgi_text
-        .lines()
-        .filter(|l| l.starts_with("UNLISTED "))
-        .collect();
-    assert!(
-        unlisted.is_empty(),
-        "mod_cgid set variables the dump does not check: {unlisted:?}"
-    );
+    let unlisted: Vec<&str> = cgi_text.lines().filter(|l| l.starts_with("UNLISTED ")).collect();
+    assert!(unlisted.is_empty(), "mod_cgid set variables the dump does not check: {unlisted:?}");
 
     // The two programs differ only in where they are: cgi-bin vs bin.
     let cgi_dir = a.dir.join("cgi-bin").display().to_string();
@@ -63,13 +44,7 @@ fn same_as_mod_cgid(mpm: Mpm) {
     let normalise = |m: BTreeMap<String, String>| -> BTreeMap<String, String> {
         m.into_iter()
             .filter(|(k, _)| k != "REMOTE_PORT")
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.replace(&cgi_dir, &lib_dir)
-                        .replace("/cgi-bin/", "/libcgi-bin/"),
-                )
-            })
+            .map(|(k, v)| (k, v.replace(&cgi_dir, &lib_dir).replace("/cgi-bin/", "/libcgi-bin/")))
             .collect()
     };
     let want = normalise(parse_env(&cgi_text));
@@ -88,21 +63,14 @@ fn same_as_mod_cgid(mpm: Mpm) {
     ] {
         assert!(got.contains_key(k), "{k} missing: {got:?}");
     }
-    assert!(
-        !got.contains_key("HTTP_PROXY"),
-        "httpoxy: HTTP_PROXY must not be set"
-    );
+    assert!(!got.contains_key("HTTP_PROXY"), "httpoxy: HTTP_PROXY must not be set");
 }
 
 fn nothing_leaks_between_requests(mpm: Mpm) {
     // One server process: request B runs where request A ran.
     let a = Apache::start(Config::new(mpm));
     a.install("t.so", "t", &[]);
-    let r = a.send(
-        Request::get("/libcgi-bin/t.so?mode=setenv")
-            .header("Cookie", "secret=1")
-            .header("X-Token", "A"),
-    );
+    let r = a.send(Request::get("/libcgi-bin/t.so?mode=setenv").header("Cookie", "secret=1").header("X-Token", "A"));
     assert_eq!(r.text(), "LEAKED=yes PUT=p COOKIE=overwritten QS=(null)");
     let r = a.get("/libcgi-bin/t.so?mode=check");
     assert_eq!(r.text(), "LEAKED=(null) PUT=(null) COOKIE=(null) X=(null)");
@@ -121,13 +89,8 @@ fn getenv_however_it_is_linked(mpm: Mpm) {
         a.install(name, "t", flags);
         let r = a.get(&format!("/libcgi-bin/{name}?mode=getenvptr"));
         assert_eq!(r.text(), "via pointer: mode=getenvptr", "{name}");
-        let r =
-            a.send(Request::get(&format!("/libcgi-bin/{name}?mode=check")).header("X-Token", name));
-        assert_eq!(
-            r.text(),
-            format!("LEAKED=(null) PUT=(null) COOKIE=(null) X={name}"),
-            "{name}"
-        );
+        let r = a.send(Request::get(&format!("/libcgi-bin/{name}?mode=check")).header("X-Token", name));
+        assert_eq!(r.text(), format!("LEAKED=(null) PUT=(null) COOKIE=(null) X={name}"), "{name}");
     }
 }
 
@@ -167,12 +130,7 @@ fn concurrent_requests_keep_their_own_values(mpm: Mpm) {
             bad.push(format!("#{i}: {status} {text}"));
         }
     }
-    assert!(
-        bad.is_empty(),
-        "{} of {n} requests saw wrong values: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(10)]
-    );
+    assert!(bad.is_empty(), "{} of {n} requests saw wrong values: {:?}", bad.len(), &bad[..bad.len().min(10)]);
 }
 
 fn one_call_at_a_time_unless_thread_safe(mpm: Mpm) {
@@ -195,16 +153,10 @@ fn one_call_at_a_time_unless_thread_safe(mpm: Mpm) {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     };
     let serial = run("serial.so");
-    assert!(
-        serial.iter().all(|t| t == "max=1"),
-        "a non-thread-safe script ran concurrently: {serial:?}"
-    );
+    assert!(serial.iter().all(|t| t == "max=1"), "a non-thread-safe script ran concurrently: {serial:?}");
     if mpm != Mpm::Prefork {
         let parallel = run("parallel.so");
-        assert!(
-            parallel.iter().any(|t| t != "max=1"),
-            "a thread-safe script never ran in parallel: {parallel:?}"
-        );
+        assert!(parallel.iter().any(|t| t != "max=1"), "a thread-safe script never ran in parallel: {parallel:?}");
     }
 }
 

@@ -29,17 +29,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -48,13 +41,7 @@ impl Response {
 
 impl Request {
     pub fn new(method: &str, path: &str) -> Request {
-        Request {
-            method: method.into(),
-            path: path.into(),
-            headers: Vec::new(),
-            body: None,
-            chunked: None,
-        }
+        Request { method: method.into(), path: path.into(), headers: Vec::new(), body: None, chunked: None }
     }
     pub fn get(path: &str) -> Request {
         Request::new("GET", path)
@@ -76,10 +63,8 @@ impl Request {
     }
 
     pub fn to_bytes(&self, port: u16) -> Vec<u8> {
-        let mut out = format!(
-            "{} {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n",
-            self.method, self.path
-        );
+        let mut out =
+            format!("{} {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n", self.method, self.path);
         for (k, v) in &self.headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -129,35 +114,27 @@ pub fn read_response(r: &mut impl BufRead, head: bool) -> Response {
     let status_line = read_line(r).expect("no status line: connection closed");
     let mut parts = status_line.splitn(3, ' ');
     let _proto = parts.next();
-    resp.status = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .expect("bad status line");
+    resp.status = parts.next().and_then(|s| s.parse().ok()).expect("bad status line");
     resp.reason = parts.next().unwrap_or("").to_string();
     while let Some(l) = read_line(r) {
         if l.is_empty() {
             break;
         }
         if let Some((k, v)) = l.split_once(':') {
-            resp.headers
-                .push((k.trim().to_string(), v.trim().to_string()));
+            resp.headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
     if head || resp.status == 304 || resp.status == 204 {
         return resp;
     }
-    if resp
-        .header("Transfer-Encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    if resp.header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         resp.chunked = true;
         loop {
             let Some(size_line) = read_line(r) else {
                 resp.truncated = true;
                 break;
             };
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                .unwrap_or(usize::MAX);
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap_or(usize::MAX);
             if size == usize::MAX {
                 resp.truncated = true;
                 break;
@@ -183,10 +160,7 @@ pub fn read_response(r: &mut impl BufRead, head: bool) -> Response {
                 break;
             }
         }
-    } else if let Some(len) = resp
-        .header("Content-Length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    } else if let Some(len) = resp.header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
         let mut buf = Vec::with_capacity(len);
         let got = r.take(len as u64).read_to_end(&mut buf).unwrap_or(0);
         resp.truncated = got < len;

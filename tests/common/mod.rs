@@ -59,21 +59,13 @@ pub fn module_path() -> PathBuf {
     if let Ok(p) = std::env::var("LIBCGI_MODULE") {
         return PathBuf::from(p);
     }
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let p = root().join("target").join(profile).join("libmod_libcgi.so");
     assert!(
         p.exists(),
         "the module {} does not exist: run `cargo build{}` first (tests/run.sh does)",
         p.display(),
-        if profile == "release" {
-            " --release"
-        } else {
-            ""
-        }
+        if profile == "release" { " --release" } else { "" }
     );
     p
 }
@@ -85,22 +77,11 @@ fn check_prerequisites() {
             Path::new(APACHE_BIN).exists(),
             "{APACHE_BIN} is missing: install Debian's apache2 package (tests/run.sh does)"
         );
-        for m in [
-            "mod_mpm_event.so",
-            "mod_mpm_prefork.so",
-            "mod_mpm_worker.so",
-            "mod_cgid.so",
-        ] {
-            assert!(
-                Path::new(MODULES).join(m).exists(),
-                "{MODULES}/{m} is missing: install apache2"
-            );
+        for m in ["mod_mpm_event.so", "mod_mpm_prefork.so", "mod_mpm_worker.so", "mod_cgid.so"] {
+            assert!(Path::new(MODULES).join(m).exists(), "{MODULES}/{m} is missing: install apache2");
         }
         let cc = Command::new("cc").arg("--version").output();
-        assert!(
-            cc.is_ok_and(|o| o.status.success()),
-            "no C compiler `cc`: install gcc"
-        );
+        assert!(cc.is_ok_and(|o| o.status.success()), "no C compiler `cc`: install gcc");
     });
 }
 
@@ -110,11 +91,7 @@ pub fn scratch(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let base = root().join("target").join("itest");
     fs::create_dir_all(&base).unwrap();
-    let d = base.join(format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let d = base.join(format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     // Every ancestor must be traversable by www-data.
@@ -143,19 +120,10 @@ pub fn build_script(dir: &Path, name: &str, src: &str, extra: &[&str]) -> PathBu
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let srcp = root().join("tests/scripts").join(format!("{src}.c"));
     let mut cmd = Command::new("cc");
-    cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-I"])
-        .arg(root().join("include"))
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&srcp);
+    cmd.args(["-shared", "-fPIC", "-O1", "-Wall", "-I"]).arg(root().join("include")).arg("-o").arg(&tmp).arg(&srcp);
     cmd.args(extra);
     let o = cmd.output().expect("running cc");
-    assert!(
-        o.status.success(),
-        "cc {} failed:\n{}",
-        srcp.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "cc {} failed:\n{}", srcp.display(), String::from_utf8_lossy(&o.stderr));
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
     fs::rename(&tmp, &out).unwrap();
     out
@@ -174,20 +142,12 @@ pub fn build_cgi(dir: &Path, name: &str, src: &str) -> PathBuf {
         .arg(root().join("tests/scripts/cgi_main.c"))
         .output()
         .expect("running cc");
-    assert!(
-        o.status.success(),
-        "cc (cgi) failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "cc (cgi) failed:\n{}", String::from_utf8_lossy(&o.stderr));
     out
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Config {
@@ -203,14 +163,7 @@ pub struct Config {
 
 impl Config {
     pub fn new(mpm: Mpm) -> Config {
-        Config {
-            mpm,
-            extra: String::new(),
-            servers: 1,
-            threads: 16,
-            loglevel: "warn".into(),
-            cgid: false,
-        }
+        Config { mpm, extra: String::new(), servers: 1, threads: 16, loglevel: "warn".into(), cgid: false }
     }
     pub fn extra(mut self, s: &str) -> Config {
         self.extra.push_str(s);
@@ -267,14 +220,7 @@ impl Apache {
                 });
             }
             let child = cmd.spawn().expect("starting apache2");
-            let mut a = Apache {
-                dir: dir.clone(),
-                bin: bin.clone(),
-                port,
-                mpm: cfg.mpm,
-                child,
-                conf_path,
-            };
+            let mut a = Apache { dir: dir.clone(), bin: bin.clone(), port, mpm: cfg.mpm, child, conf_path };
             match a.wait_ready() {
                 Ok(()) => return a,
                 Err(e) => last_err = e,
@@ -287,31 +233,13 @@ impl Apache {
         let d = dir.display();
         let mut c = String::new();
         let m = MODULES;
-        writeln!(
-            c,
-            "ServerRoot {d}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1"
-        )
-        .unwrap();
+        writeln!(c, "ServerRoot {d}\nListen 127.0.0.1:{port}\nServerName 127.0.0.1").unwrap();
         if is_root() {
             c.push_str("User www-data\nGroup www-data\n");
         }
-        writeln!(
-            c,
-            "PidFile {d}/run/httpd.pid\nDefaultRuntimeDir {d}/run\nErrorLog {d}/error.log"
-        )
-        .unwrap();
-        writeln!(
-            c,
-            "LogLevel {}\nTimeout 30\nKeepAlive On\nGracefulShutdownTimeout 5",
-            cfg.loglevel
-        )
-        .unwrap();
-        writeln!(
-            c,
-            "LoadModule mpm_{0}_module {m}/mod_mpm_{0}.so",
-            cfg.mpm.name()
-        )
-        .unwrap();
+        writeln!(c, "PidFile {d}/run/httpd.pid\nDefaultRuntimeDir {d}/run\nErrorLog {d}/error.log").unwrap();
+        writeln!(c, "LogLevel {}\nTimeout 30\nKeepAlive On\nGracefulShutdownTimeout 5", cfg.loglevel).unwrap();
+        writeln!(c, "LoadModule mpm_{0}_module {m}/mod_mpm_{0}.so", cfg.mpm.name()).unwrap();
         match cfg.mpm {
             Mpm::Prefork => writeln!(
                 c,
@@ -340,11 +268,7 @@ impl Apache {
             writeln!(c, "LoadModule {name}_module {m}/mod_{file}.so").unwrap();
         }
         if cfg.cgid {
-            writeln!(
-                c,
-                "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock"
-            )
-            .unwrap();
+            writeln!(c, "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock").unwrap();
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
         writeln!(c, "LoadModule libcgi_module {}", module_path().display()).unwrap();
@@ -400,9 +324,7 @@ Alias /tiny/ {d}/bin/
                 return Err(format!("exited with {st}: {err}{}", self.error_log()));
             }
             // Ready when the parent has written its pid file and answers.
-            if self.dir.join("run/httpd.pid").exists()
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
+            if self.dir.join("run/httpd.pid").exists() && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -451,9 +373,7 @@ Alias /tiny/ {d}/bin/
                 // Fields after the command name in parentheses: state ppid ...
                 if let Some(rest) = st.rsplit_once(')').map(|x| x.1) {
                     let f: Vec<&str> = rest.split_whitespace().collect();
-                    if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(self.pid())
-                        && f[0] != "Z"
-                    {
+                    if f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(self.pid()) && f[0] != "Z" {
                         v.push(pid);
                     }
                 }
@@ -510,10 +430,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
