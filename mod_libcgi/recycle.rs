@@ -44,7 +44,7 @@ unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
         // Threaded MPMs give modules no way to ask for a graceful exit of one
         // process: wait until no other thread of this process is serving a
         // request, then exit cleanly; the parent starts a replacement.
-        let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(|| drain_then_exit());
+        let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(drain_then_exit);
     }
     0
 }
