@@ -12,6 +12,8 @@
  * convention), so arguments arrive exactly as the script passed them: C
  * functions compiled by the cc crate are not exported from a Rust cdylib.
  */
+/* pthread_getattr_np, MAP_STACK */
+#define _GNU_SOURCE
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
  * sig_coredump), as do faults on threads that are not in a script.
  * ====================================================================== */
 #include <errno.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -198,6 +201,29 @@ void libcgi_guard_expire(void *guard)
     ((struct libcgi_guard *)guard)->timed_out = 1;
 }
 
+/* After a script's endless recursion, the thread's stack is resident down to
+ * its end: hand the pages below the current frame back to the kernel, so a
+ * fault costs no memory (they are zero-filled again if ever touched). */
+static void release_unused_stack(void)
+{
+    pthread_attr_t attr;
+    void *low;
+    size_t size;
+    char here;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        return;
+    int rc = pthread_attr_getstack(&attr, &low, &size);
+    pthread_attr_destroy(&attr);
+    if (rc != 0)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    /* Keep a generous margin below this frame for the calls still to come. */
+    uintptr_t end = ((uintptr_t)&here - 256 * 1024) & ~(page - 1);
+    uintptr_t start = ((uintptr_t)low + page - 1) & ~(page - 1);
+    if (end > start)
+        madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
 /* Calls a script function under the guard.  Returns the outcome kind; the
  * details are copied to *out. */
 int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
@@ -233,6 +259,8 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
     else {
         /* Arrived here by siglongjmp: the signal mask was restored by it. */
         g->armed = 0;
+        if (g->out.kind == LIBCGI_FAULT && g->out.signo == SIGSEGV)
+            release_unused_stack();
     }
     g->timed_out = 0;
     g->depth = 0;

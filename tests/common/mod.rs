@@ -444,3 +444,32 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// Generates one #[test] per MPM named by the fault-containment issue
+/// (prefork and event) for a function `fn name(mpm: Mpm)`.
+#[macro_export]
+macro_rules! prefork_and_event {
+    ($($name:ident),+ $(,)?) => {
+        mod prefork { $( #[test] fn $name() { super::$name($crate::common::Mpm::Prefork) } )+ }
+        mod event { $( #[test] fn $name() { super::$name($crate::common::Mpm::Event) } )+ }
+    };
+}
+
+/// Lines of the error log reporting a server process killed by a signal.
+pub fn dead_children(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("exit signal")).collect()
+}
+
+/// Sets a file's mode (the tests run as root: ownership is ours to set too).
+pub fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// As prefork_and_event!, for a second group of tests in the same file.
+#[macro_export]
+macro_rules! prefork_and_event_extra {
+    ($($name:ident),+ $(,)?) => {
+        mod prefork_more { $( #[test] fn $name() { super::$name($crate::common::Mpm::Prefork) } )+ }
+        mod event_more { $( #[test] fn $name() { super::$name($crate::common::Mpm::Event) } )+ }
+    };
+}
