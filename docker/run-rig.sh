@@ -6,6 +6,7 @@
 #   4. httpd under each MPM ($LIBCGI_RIG_MPMS, default "event prefork"):
 #      health, smoke check (GET /libcgi-bin/hello.so -> 200), MPM check,
 #      then the integration tests hook (see INTEGRATION TESTS below)
+#   4b. the integration suite (cargo test) with every server in a container
 #   5. scale-out test                    docker/scale-test.sh
 #   6. teardown: compose down -v --remove-orphans, on any exit
 # Exits non-zero on any failure.  Only 127.0.0.1 ports are published.
@@ -19,6 +20,7 @@
 #   LIBCGI_MODULE_SO    use this module .so instead (implies no cargo)
 #   LIBCGI_MODULE_SOURCE=docker   build the module in a Rust image instead
 #                       (needs a reachable registry; see Dockerfile.builder)
+#   LIBCGI_SKIP_SUITE=1 skip step 4b (the integration suite in containers)
 #   LIBCGI_SKIP_SCALE=1 skip step 5
 #   plus those of scale-test.sh (LIBCGI_SCALE_*).
 set -euo pipefail
@@ -145,6 +147,21 @@ for mpm in $MPMS; do
     fi
 done
 dc stop httpd >/dev/null 2>&1 || true
+
+# --- 4b. the integration suite against the dockerized httpd -------------------------
+# The native suite's tests (the same source), each server run as a container of
+# the image instead of the local apache2: LIBCGI_TEST_DOCKER_IMAGE points them at
+# it (see tests/common/mod.rs).  Every test that speaks HTTP and reads the error
+# log runs, under prefork and event (the worker-MPM copies are skipped here; the
+# native suite runs them).
+if [[ ${LIBCGI_SKIP_SUITE:-0} == 1 ]]; then
+    log "integration suite against the image skipped (LIBCGI_SKIP_SUITE=1)"
+else
+    log "integration suite against $LIBCGI_HTTPD_IMAGE (prefork and event)"
+    (cd "$LIBCGI_REPO_DIR" &&
+        LIBCGI_TEST_DOCKER_IMAGE=$LIBCGI_HTTPD_IMAGE cargo test --release -- --skip worker::) ||
+        die "integration suite against the container failed"
+fi
 
 # --- 5. scale-out -----------------------------------------------------------------
 if [[ ${LIBCGI_SKIP_SCALE:-0} == 1 ]]; then

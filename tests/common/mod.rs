@@ -70,9 +70,35 @@ pub fn module_path() -> PathBuf {
     p
 }
 
+/// LIBCGI_TEST_DOCKER_IMAGE=<image>: run every server of the suite in a
+/// container of that image (the dockerized httpd with mod_libcgi installed)
+/// instead of the local apache2.  The container shares the host's network and
+/// PID namespace and mounts the test's scratch directory at the same path, so
+/// the same generated config, scripts, logs and process checks work as they
+/// are; the module is the one installed in the image.
+pub fn docker_image() -> Option<String> {
+    std::env::var("LIBCGI_TEST_DOCKER_IMAGE").ok().filter(|s| !s.is_empty())
+}
+
+/// The module path as the server sees it.
+fn server_module_path() -> PathBuf {
+    match docker_image() {
+        Some(_) => PathBuf::from(MODULES).join("mod_libcgi.so"),
+        None => module_path(),
+    }
+}
+
 fn check_prerequisites() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
+        if let Some(image) = docker_image() {
+            let ok = Command::new("docker").args(["image", "inspect", &image]).output();
+            assert!(
+                ok.is_ok_and(|o| o.status.success()),
+                "LIBCGI_TEST_DOCKER_IMAGE={image}: no such image (docker/build-images.sh builds it)"
+            );
+            return;
+        }
         assert!(
             Path::new(APACHE_BIN).exists(),
             "{APACHE_BIN} is missing: install Debian's apache2 package (tests/run.sh does)"
@@ -180,6 +206,9 @@ pub struct Apache {
     pub mpm: Mpm,
     child: Child,
     conf_path: PathBuf,
+    /// The server's parent process (in a container: its PID on the host).
+    server_pid: u32,
+    container: Option<String>,
 }
 
 impl Apache {
@@ -198,7 +227,19 @@ impl Apache {
             let conf_path = dir.join("httpd.conf");
             fs::write(&conf_path, conf).unwrap();
             let _ = fs::remove_file(dir.join("error.log"));
-            let mut cmd = Command::new(APACHE_BIN);
+            static CONTAINERS: AtomicUsize = AtomicUsize::new(0);
+            let container = docker_image()
+                .map(|_| format!("libcgi-test-{}-{}", std::process::id(), CONTAINERS.fetch_add(1, Ordering::Relaxed)));
+            let mut cmd = match (&container, docker_image()) {
+                (Some(name), Some(image)) => {
+                    let mut c = Command::new("docker");
+                    let mount = format!("{0}:{0}", dir.display());
+                    c.args(["run", "--rm", "--name", name, "--network", "host", "--pid", "host"]);
+                    c.args(["-e", "FROM_PASSENV=passed-through", "-v", &mount, "--entrypoint", APACHE_BIN, &image]);
+                    c
+                }
+                _ => Command::new(APACHE_BIN),
+            };
             // A variable of the server's own environment, for PassEnv tests.
             cmd.env("FROM_PASSENV", "passed-through");
             cmd.arg("-f")
@@ -220,10 +261,30 @@ impl Apache {
                 });
             }
             let child = cmd.spawn().expect("starting apache2");
-            let mut a = Apache { dir: dir.clone(), bin: bin.clone(), port, mpm: cfg.mpm, child, conf_path };
+            let server_pid = child.id();
+            let mut a = Apache {
+                dir: dir.clone(),
+                bin: bin.clone(),
+                port,
+                mpm: cfg.mpm,
+                child,
+                conf_path,
+                server_pid,
+                container,
+            };
             match a.wait_ready() {
-                Ok(()) => return a,
-                Err(e) => last_err = e,
+                Ok(()) => {
+                    if let Some(name) = &a.container {
+                        let o =
+                            Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", name]).output().unwrap();
+                        a.server_pid = String::from_utf8_lossy(&o.stdout).trim().parse().expect("container pid");
+                    }
+                    return a;
+                }
+                Err(e) => {
+                    a.stop();
+                    last_err = e
+                }
             }
         }
         panic!("apache2 did not start: {last_err}");
@@ -271,7 +332,7 @@ impl Apache {
             writeln!(c, "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock").unwrap();
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
-        writeln!(c, "LoadModule libcgi_module {}", module_path().display()).unwrap();
+        writeln!(c, "LoadModule libcgi_module {}", server_module_path().display()).unwrap();
         writeln!(
             c,
             r#"<Directory />
@@ -335,7 +396,7 @@ Alias /tiny/ {d}/bin/
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.server_pid
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -398,12 +459,18 @@ Alias /tiny/ {d}/bin/
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                if let Some(name) = &self.container {
+                    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(name) = &self.container {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
     }
 }
 
