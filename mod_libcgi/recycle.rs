@@ -72,14 +72,16 @@ unsafe fn busy() -> bool {
 fn drain_then_exit() {
     // SAFETY: reads of the shared scoreboard; exit ends the process.
     unsafe {
-        while busy() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Everything slow first (terminatefuncs, the log line), so that the
+        // last idle check and the exit are as close together as they can be.
         if let Some(reg) = REGISTRY.get() {
             let s = reg.server.load(Ordering::Relaxed);
             log::serror(s, sys::APLOG_NOTICE, "server process exiting to be replaced (LibCGIFaultAction recycle)");
             reg.shutdown();
         }
-        libc::exit(0);
+        while busy() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        libc::_exit(0);
     }
 }

@@ -173,6 +173,9 @@ fn recycle_replaces_the_process(mpm: Mpm) {
         // request; a connection accepted in that last instant would be cut
         // (see README), so wait for the exit before asking again.
         a.wait_log("the recycled process to exit", |l| l.contains("exiting to be replaced"));
+        wait_for("the recycled process to be gone", Duration::from_secs(15), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
     }
     // Every request meanwhile is answered; soon by a new process.
     let new = wait_for("a new server process", Duration::from_secs(15), || {
