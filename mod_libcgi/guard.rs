@@ -112,6 +112,9 @@ pub fn timer_signal() -> c_int {
     libc::SIGRTMIN() + 4
 }
 
+/// How late the watchdog may notice a deadline at most.
+const TICK: Duration = Duration::from_millis(100);
+
 struct Entry {
     id: u64,
     guard: usize,
@@ -122,6 +125,7 @@ struct Entry {
 
 struct Watchdog {
     state: Mutex<(u64, Vec<Entry>)>,
+    /// Only ever waited on with a timeout (the tick); never notified.
     wake: Condvar,
 }
 
@@ -161,12 +165,11 @@ impl Watchdog {
                     next = Some(next.map_or(e.deadline, |n| n.min(e.deadline)));
                 }
             }
-            st = match next {
-                Some(t) => {
-                    self.wake.wait_timeout(st, t.saturating_duration_since(now)).unwrap_or_else(|e| e.into_inner()).0
-                }
-                None => self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
-            };
+            // Never sleeps longer than a tick, so that `arm` need not wake it
+            // (a futex wake and a context switch on every request): a new
+            // deadline is at worst noticed one tick late.
+            let nap = next.map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
+            st = self.wake.wait_timeout(st, nap).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -174,8 +177,6 @@ impl Watchdog {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.0 += 1;
         let id = st.0;
-        // The watchdog only needs waking when this deadline is the earliest.
-        let earliest = st.1.iter().all(|e| e.signalled || e.deadline > deadline);
         // SAFETY: pthread_self has no preconditions.
         st.1.push(Entry {
             id,
@@ -184,10 +185,6 @@ impl Watchdog {
             deadline,
             signalled: false,
         });
-        drop(st);
-        if earliest {
-            self.wake.notify_one();
-        }
         id
     }
 

@@ -136,7 +136,10 @@ int libcgi_install_handlers(int timer_signal)
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_signal;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    /* SA_NODEFER: the handler runs with the thread's own signal mask, so a
+     * jump out of it leaves the mask as it was, and libcgi_call need not save
+     * and restore the mask (a sigprocmask syscall) on every call. */
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
     timer_signo = timer_signal;
     for (int i = 0; i < NFAULTS; i++)
@@ -240,7 +243,7 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
     g->pending = 0;
     /* The watchdog may have marked the previous call just as it ended. */
     g->timed_out = 0;
-    if (sigsetjmp(g->env, 1) == 0) {
+    if (sigsetjmp(g->env, 0) == 0) {
         g->armed = 1;
         switch (how) {
         case CALL_INT_STR:
@@ -257,7 +260,8 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
         g->out.kind = LIBCGI_RETURNED;
     }
     else {
-        /* Arrived here by siglongjmp: the signal mask was restored by it. */
+        /* Arrived here by siglongjmp (the mask is the thread's own: see
+         * SA_NODEFER). */
         g->armed = 0;
         if (g->out.kind == LIBCGI_FAULT && g->out.signo == SIGSEGV)
             release_unused_stack();
