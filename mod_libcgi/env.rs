@@ -48,7 +48,7 @@ fn position(vars: &[*mut c_char], name: &[u8]) -> Option<usize> {
     })
 }
 
-fn valid_name(name: *const c_char) -> Option<&'static [u8]> {
+fn valid_name<'a>(name: *const c_char) -> Option<&'a [u8]> {
     if name.is_null() {
         return None;
     }
