@@ -19,6 +19,16 @@ const HTTP_FORBIDDEN: c_int = sys::HTTP_FORBIDDEN as c_int;
 const HTTP_NOT_FOUND: c_int = sys::HTTP_NOT_FOUND as c_int;
 const HTTP_INTERNAL_SERVER_ERROR: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
 
+/// A script's path for messages.
+#[derive(Clone, Copy)]
+struct Name<'a>(&'a CStr);
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.to_string_lossy())
+    }
+}
+
 fn ident_of(r: *mut sys::request_rec) -> Option<FileIdent> {
     // SAFETY: `r` is live; finfo was filled by the core's directory walk.
     unsafe {
@@ -49,7 +59,9 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         return DECLINED;
     }
     let filename = if (*r).filename.is_null() { c"" } else { CStr::from_ptr((*r).filename) };
-    let name = filename.to_string_lossy();
+    // Formatted only when a message is actually written: validating the path
+    // as UTF-8 on every request would be measurable.
+    let name = Name(filename);
 
     if sys::ap_allow_options(r) & sys::OPT_EXECCGI as c_int == 0 {
         log::rerror(r, sys::APLOG_ERR, 0, &format!("Options ExecCGI is off in this directory: {name}"));
@@ -100,7 +112,7 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         let _active = Active::enter(reqp);
         let script = match registry.get(filename, ident, r, &cfg) {
             Ok(s) => s,
-            Err(e) => return load_failed(r, &name, e, &cfg),
+            Err(e) => return load_failed(r, name, e, &cfg),
         };
         rlog!(r, APLOG_DEBUG, "{name}: calling processfunc");
         let out = {
@@ -111,9 +123,9 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     };
     rlog!(r, APLOG_DEBUG, "{name}: processfunc {}", out.describe(cfg.timeout));
     match out.kind {
-        guard::RETURNED => finish(registry, &script, &mut req, out.rc, &name),
+        guard::RETURNED => finish(registry, &script, &mut req, out.rc, name),
         // exit(0) after complete output is a normal end; exit(n) a failure.
-        guard::EXITED => finish(registry, &script, &mut req, out.exit_status, &name),
+        guard::EXITED => finish(registry, &script, &mut req, out.exit_status, name),
         guard::FAULT | guard::TIMEOUT => {
             log::rerror(
                 r,
@@ -152,7 +164,7 @@ unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Set
     OK
 }
 
-unsafe fn load_failed(r: *mut sys::request_rec, name: &str, e: LoadError, cfg: &Settings) -> c_int {
+unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &Settings) -> c_int {
     if let Some(secs) = e.retry_after {
         // Quarantine: logged once when it began, not per request.
         let v = CString::new(secs.to_string()).unwrap_or_default();
@@ -168,7 +180,7 @@ unsafe fn load_failed(r: *mut sys::request_rec, name: &str, e: LoadError, cfg: &
 }
 
 /// Turns what the script produced into the response, as mod_cgi would.
-unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: &str) -> c_int {
+unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: Name) -> c_int {
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;
     if rc != 0 {

@@ -230,8 +230,37 @@ struct Faults {
     quarantined_until: Option<Instant>,
 }
 
+/// FxHash: a word at a time, where SipHash works a byte at a time.  The keys
+/// are paths of existing script files that Apache mapped a request to, so
+/// hash flooding is not a concern here.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        for &b in chunks.remainder() {
+            self.add(b as u64);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 pub struct Registry {
-    map: RwLock<HashMap<Box<[u8]>, Arc<Slot>>>,
+    map: RwLock<FxMap<Box<[u8]>, Arc<Slot>>>,
     faults: Mutex<HashMap<Box<[u8]>, Faults>>,
     /// The main server, for messages outside requests.
     pub server: AtomicPtr<sys::server_rec>,
@@ -251,7 +280,7 @@ fn relock<T>(r: std::sync::LockResult<T>) -> T {
 impl Registry {
     pub fn new() -> Registry {
         Registry {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(FxMap::default()),
             faults: Mutex::new(HashMap::new()),
             server: AtomicPtr::new(std::ptr::null_mut()),
         }

@@ -107,6 +107,14 @@ impl Request {
     }
 
     fn write_headers(&mut self, data: &[u8]) -> c_int {
+        // The usual case: the whole header block arrives in one write.  Parse
+        // it where it is, without copying it into the buffer first.
+        if self.hdr.is_empty() {
+            if let Some(end) = header_end(data, 0) {
+                let status = self.parse_headers(&data[..end]);
+                return self.headers_parsed(status, &data[end..], data.len());
+            }
+        }
         // Only the new bytes (and the two before them, for a blank line split
         // across writes) can complete the block.
         let from = self.hdr.len().saturating_sub(2);
@@ -128,7 +136,14 @@ impl Request {
             return data.len() as c_int;
         };
         let rest = self.hdr.split_off(end);
-        let status = self.parse_headers();
+        let block = std::mem::take(&mut self.hdr);
+        let status = self.parse_headers(&block);
+        self.headers_parsed(status, &rest, data.len())
+    }
+
+    /// Acts on what Apache's parser said of the header block; `rest` is the
+    /// body output that came with it.
+    fn headers_parsed(&mut self, status: c_int, rest: &[u8], written: usize) -> c_int {
         self.header_status = status;
         if status == sys::HTTP_NOT_MODIFIED as c_int {
             self.phase = Phase::Discard;
@@ -139,11 +154,11 @@ impl Request {
             self.phase = Phase::Discard;
         } else {
             self.phase = Phase::Body;
-            if !rest.is_empty() && self.write_body(&rest) < 0 {
+            if !rest.is_empty() && self.write_body(rest) < 0 {
                 return -1;
             }
         }
-        data.len() as c_int
+        written as c_int
     }
 
     fn fail_headers(&mut self) {
@@ -153,18 +168,20 @@ impl Request {
 
     /// Runs Apache's CGI header parser over the buffered block.  Apache logs
     /// malformed or missing headers itself, naming the script.
-    fn parse_headers(&mut self) -> c_int {
-        let mut cur = Cursor { data: &self.hdr, pos: 0 };
+    fn parse_headers(&mut self, block: &[u8]) -> c_int {
+        let mut cur = Cursor { data: block, pos: 0 };
         // Given a buffer, the parser keeps the offending line in it for its
         // log message; without one it reads on to the end first and then
         // logs an empty "Bad header".
-        let mut line = [0 as c_char; sys::HUGE_STRING_LEN as usize];
+        // Uninitialised: zeroing 8 KiB per request would cost more than the
+        // parse itself.  The parser writes the buffer before it reads it.
+        let mut line = std::mem::MaybeUninit::<[c_char; sys::HUGE_STRING_LEN as usize]>::uninit();
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
         // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
         unsafe {
             sys::ap_scan_script_header_err_core_ex(
                 self.r,
-                line.as_mut_ptr(),
+                line.as_mut_ptr() as *mut c_char,
                 Some(getsfunc),
                 &mut cur as *mut Cursor as *mut c_void,
                 log::module_index(),
@@ -236,7 +253,8 @@ impl Request {
     /// Once the script is done: if the header block is still incomplete, let
     /// Apache's parser say so ("Premature end of script headers").
     pub fn finish_headers(&mut self) -> c_int {
-        let status = self.parse_headers();
+        let block = std::mem::take(&mut self.hdr);
+        let status = self.parse_headers(&block);
         self.header_status = status;
         self.fail_headers();
         status
