@@ -75,8 +75,9 @@ fn lookup(req: &mut Request, name: *const c_char) -> *mut c_char {
     }
 }
 
-// The replacements below are bound into each script in place of its imports
-// of the libc functions of the same names (see elfpatch).  Outside a request
+// The implementations behind the C wrappers (shim.c, libcgi_c_getenv & co.)
+// that each script's imports of the libc functions of the same names are
+// bound to (see registry::bindings and elfpatch).  Outside a request
 // (terminatefunc, a thread the script started) reads go to the real process
 // environment and writes are refused: the server's own environment is shared
 // by every script and thread of the process.
