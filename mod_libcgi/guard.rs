@@ -1,17 +1,21 @@
 //! Calls into scripts under the C guard (shim.c), and the watchdog that
 //! interrupts calls running past their deadline.
 //!
-//! The watchdog is one thread per server process holding the deadlines of
-//! the calls in progress; a call costs a lock and a vector push/remove, not
-//! the two timer syscalls per request a per-call POSIX timer would.  When a
-//! deadline passes, the watchdog marks that thread's guard and sends it the
-//! timer signal; the handler jumps back to the guard, or, if the thread is
-//! inside one of our callbacks, leaves a note that the callback's wrapper
-//! acts on when it returns.
+//! The watchdog is one thread per server process that looks, every tick, at
+//! the deadline each server thread publishes for its call in progress.  A
+//! call costs two atomic stores and a read of the coarse clock (no lock, no
+//! syscall, no cache line shared between server threads), where a per-call
+//! POSIX timer would cost two syscalls per request.  When a deadline passes,
+//! the watchdog marks that thread's guard and sends it the timer signal; the
+//! handler jumps back to the guard, or, if the thread is inside one of our
+//! callbacks, leaves a note that the callback's wrapper acts on when it
+//! returns.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 pub const RETURNED: c_int = 0;
 pub const FAULT: c_int = 1;
@@ -90,6 +94,7 @@ unsafe extern "C" {
     pub fn libcgi_set_api(api: *const RsApi);
     fn libcgi_thread_guard() -> *mut c_void;
     fn libcgi_guard_expire(guard: *mut c_void);
+    fn libcgi_guard_reset(guard: *mut c_void);
     fn libcgi_call(f: *const c_void, how: c_int, arg: *mut c_char, out: *mut Outcome) -> c_int;
 
     // The wrappers scripts' imports are bound to (see registry::bindings).
@@ -115,83 +120,161 @@ pub fn timer_signal() -> c_int {
 /// How late the watchdog may notice a deadline at most.
 const TICK: Duration = Duration::from_millis(100);
 
-struct Entry {
-    id: u64,
+// States of a Deadline besides a deadline itself (which is always larger).
+/// No call with a deadline in progress.
+const IDLE: u64 = 0;
+/// The watchdog is marking and signalling this call right now.
+const CLAIMED: u64 = 1;
+/// The watchdog has signalled this call.
+const SIGNALLED: u64 = 2;
+
+/// What a server thread publishes for the watchdog.  One per thread, made on
+/// its first call with a deadline and never freed: server threads live as
+/// long as their process, like the guard in shim.c.
+struct Deadline {
+    /// IDLE, CLAIMED, SIGNALLED, or the deadline in milliseconds of
+    /// CLOCK_MONOTONIC_COARSE.  Written by its thread (arm, disarm) and by the
+    /// watchdog only through compare-exchange, so neither loses the other's
+    /// update.
+    state: AtomicU64,
     guard: usize,
     thread: libc::pthread_t,
-    deadline: Instant,
-    signalled: bool,
+}
+
+thread_local! {
+    // Const-initialised and without a destructor, like request::CURRENT.
+    static MINE: Cell<*const Deadline> = const { Cell::new(std::ptr::null()) };
 }
 
 struct Watchdog {
-    state: Mutex<(u64, Vec<Entry>)>,
-    /// Only ever waited on with a timeout (the tick); never notified.
-    wake: Condvar,
+    threads: Mutex<Vec<&'static Deadline>>,
+    /// The coarse clock's resolution in ms, added to every deadline so that
+    /// a call is never cut before its timeout has fully passed.
+    slack_ms: u64,
 }
 
-static WATCHDOG: OnceLock<&'static Watchdog> = OnceLock::new();
+static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+
+fn clock(id: libc::clockid_t) -> libc::timespec {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write; the clock ids used exist
+    // on every Linux the module builds for.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts
+}
+
+/// Milliseconds of the coarse monotonic clock: read from the vDSO without a
+/// syscall, cheaper than Instant::now, and precise enough for deadlines the
+/// watchdog looks at once per tick.
+fn now_ms() -> u64 {
+    let ts = clock(libc::CLOCK_MONOTONIC_COARSE);
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
 
 fn watchdog() -> &'static Watchdog {
     WATCHDOG.get_or_init(|| {
-        let w: &'static Watchdog =
-            Box::leak(Box::new(Watchdog { state: Mutex::new((0, Vec::new())), wake: Condvar::new() }));
+        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `res` is a valid timespec to write.
+        unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+        let slack_ms = (res.tv_sec as u64 * 1000 + (res.tv_nsec as u64).div_ceil(1_000_000)).max(1);
         std::thread::Builder::new()
             .name("libcgi-watchdog".into())
-            .spawn(move || w.run())
+            .spawn(|| watchdog().run())
             .expect("starting the mod_libcgi watchdog thread");
-        w
+        Watchdog { threads: Mutex::new(Vec::new()), slack_ms }
     })
 }
 
 impl Watchdog {
     fn run(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let now = Instant::now();
-            let mut next: Option<Instant> = None;
-            for e in st.1.iter_mut() {
-                if e.signalled {
+            let now = now_ms();
+            let mut next: Option<u64> = None;
+            // Cloned out of the lock so that a thread registering itself
+            // never waits for the signalling below.
+            let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for d in threads {
+                let state = d.state.load(Ordering::Acquire);
+                if state <= SIGNALLED {
                     continue;
                 }
-                if e.deadline <= now {
-                    // SAFETY: the entry is still registered, so its call has
-                    // not returned and its guard and thread are live.
+                if state > now {
+                    next = Some(next.map_or(state, |n| n.min(state)));
+                    continue;
+                }
+                // Claimed only if it is still the same call: a thread that
+                // has disarmed (or armed anew) in the meantime is left alone.
+                if d.state.compare_exchange(state, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    // SAFETY: while the state is CLAIMED the thread's call
+                    // cannot be disarmed (disarm waits), so its guard and the
+                    // thread are live.
                     unsafe {
-                        libcgi_guard_expire(e.guard as *mut c_void);
-                        libc::pthread_kill(e.thread, timer_signal());
+                        libcgi_guard_expire(d.guard as *mut c_void);
+                        libc::pthread_kill(d.thread, timer_signal());
                     }
-                    e.signalled = true;
-                } else {
-                    next = Some(next.map_or(e.deadline, |n| n.min(e.deadline)));
+                    d.state.store(SIGNALLED, Ordering::Release);
                 }
             }
             // Never sleeps longer than a tick, so that `arm` need not wake it
             // (a futex wake and a context switch on every request): a new
             // deadline is at worst noticed one tick late.
-            let nap = next.map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
-            st = self.wake.wait_timeout(st, nap).unwrap_or_else(|e| e.into_inner()).0;
+            let nap = next.map_or(TICK, |t| Duration::from_millis(t.saturating_sub(now_ms())).min(TICK));
+            std::thread::sleep(nap.max(Duration::from_millis(1)));
         }
     }
 
-    fn arm(&self, guard: *mut c_void, deadline: Instant) -> u64 {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.0 += 1;
-        let id = st.0;
-        // SAFETY: pthread_self has no preconditions.
-        st.1.push(Entry {
-            id,
-            guard: guard as usize,
-            thread: unsafe { libc::pthread_self() },
-            deadline,
-            signalled: false,
-        });
-        id
+    /// This thread's Deadline, registered with the watchdog on first use.
+    fn mine(&self, guard: *mut c_void) -> &'static Deadline {
+        let p = MINE.with(|c| c.get());
+        if !p.is_null() {
+            // SAFETY: set in `register` from a leaked, never-freed Deadline.
+            return unsafe { &*p };
+        }
+        self.register(guard)
     }
 
-    fn disarm(&self, id: u64) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = st.1.iter().position(|e| e.id == id) {
-            st.1.swap_remove(i);
+    #[cold]
+    #[inline(never)]
+    fn register(&self, guard: *mut c_void) -> &'static Deadline {
+        let d: &'static Deadline = Box::leak(Box::new(Deadline {
+            state: AtomicU64::new(IDLE),
+            guard: guard as usize,
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+        }));
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        MINE.with(|c| c.set(d));
+        d
+    }
+
+    fn arm(&self, guard: *mut c_void, timeout: Duration) -> &'static Deadline {
+        let d = self.mine(guard);
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 4);
+        let deadline = (now_ms() + ms + self.slack_ms).max(SIGNALLED + 1);
+        d.state.store(deadline, Ordering::Release);
+        d
+    }
+
+    fn disarm(d: &Deadline) {
+        loop {
+            match d.state.load(Ordering::Acquire) {
+                // The watchdog is between marking the guard and sending the
+                // signal: let it finish, so that it cannot mark the next call.
+                CLAIMED => std::thread::yield_now(),
+                IDLE => return,
+                state => {
+                    if d.state.compare_exchange(state, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        if state == SIGNALLED {
+                            // The call may have ended before the signal came:
+                            // the mark must not outlive it into the next call
+                            // (a late signal finds no mark and is ignored).
+                            // SAFETY: the guard is this thread's own, live.
+                            unsafe { libcgi_guard_reset(d.guard as *mut c_void) };
+                        }
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -204,16 +287,16 @@ impl Watchdog {
 /// and the script stays loaded during the call.
 pub unsafe fn call(f: *const c_void, how: c_int, arg: *mut c_char, timeout: Option<Duration>) -> Outcome {
     let mut out = Outcome::default();
-    let token = match timeout {
+    let armed = match timeout {
         Some(t) if !t.is_zero() => {
             let g = libcgi_thread_guard();
-            (!g.is_null()).then(|| watchdog().arm(g, Instant::now() + t))
+            (!g.is_null()).then(|| watchdog().arm(g, t))
         }
         _ => None,
     };
     libcgi_call(f, how, arg, &mut out);
-    if let Some(id) = token {
-        watchdog().disarm(id);
+    if let Some(d) = armed {
+        Watchdog::disarm(d);
     }
     out
 }

@@ -153,7 +153,7 @@ int libcgi_install_handlers(int timer_signal)
 /* Per-thread setup, once: an alternate signal stack (so that a script's
  * endless recursion can be caught on a thread whose own stack is exhausted)
  * and the signals unblocked (threaded MPMs block them in worker threads). */
-__attribute__((noinline)) static int thread_setup(void)
+__attribute__((noinline, cold)) static int thread_setup(void)
 {
     if (thread_guard)
         return 0;
@@ -194,14 +194,25 @@ __attribute__((noinline)) static int thread_setup(void)
 /* This thread's guard, set up on first use; NULL if that failed. */
 void *libcgi_thread_guard(void)
 {
-    return thread_setup() == 0 ? thread_guard : NULL;
+    if (__builtin_expect(thread_guard == NULL, 0) && thread_setup() != 0)
+        return NULL;
+    return thread_guard;
 }
 
-/* Called by the watchdog thread (under its lock, while the call is still
- * registered) just before it signals the late thread. */
+/* Called by the watchdog thread, while it holds the call's deadline claimed
+ * (so the call cannot be disarmed meanwhile), just before it signals the late
+ * thread. */
 void libcgi_guard_expire(void *guard)
 {
     ((struct libcgi_guard *)guard)->timed_out = 1;
+}
+
+/* Called by a thread disarming a call the watchdog signalled, after which
+ * the watchdog no longer touches the guard: the mark must not carry over to
+ * the thread's next call. */
+void libcgi_guard_reset(void *guard)
+{
+    ((struct libcgi_guard *)guard)->timed_out = 0;
 }
 
 /* After a script's endless recursion, the thread's stack is resident down to
@@ -231,18 +242,21 @@ static void release_unused_stack(void)
  * details are copied to *out. */
 int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
 {
-    int e = thread_setup();
-    if (e != 0) {
-        out->kind = -e;
-        return out->kind;
+    if (__builtin_expect(thread_guard == NULL, 0)) {
+        int e = thread_setup();
+        if (e != 0) {
+            out->kind = -e;
+            return out->kind;
+        }
     }
     /* volatile: read after the jump, so it must not live in a register. */
     struct libcgi_guard *volatile g = thread_guard;
     memset(&g->out, 0, sizeof g->out);
     g->depth = 0;
     g->pending = 0;
-    /* The watchdog may have marked the previous call just as it ended. */
-    g->timed_out = 0;
+    /* timed_out is not cleared here: the watchdog may already have marked
+     * this call (a deadline shorter than the way here).  A mark left from the
+     * previous call was cleared when that call was disarmed. */
     if (sigsetjmp(g->env, 0) == 0) {
         g->armed = 1;
         switch (how) {
