@@ -64,37 +64,34 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     let name = Name(filename);
 
     if sys::ap_allow_options(r) & sys::OPT_EXECCGI as c_int == 0 {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("Options ExecCGI is off in this directory: {name}"));
-        return HTTP_FORBIDDEN;
+        return refuse(r, HTTP_FORBIDDEN, format_args!("Options ExecCGI is off in this directory: {name}"));
     }
     match (*r).finfo.filetype {
         sys::apr_filetype_e_APR_NOFILE => {
-            log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
-            return HTTP_NOT_FOUND;
+            return refuse(r, HTTP_NOT_FOUND, format_args!("script not found or unable to stat: {name}"));
         }
         sys::apr_filetype_e_APR_REG => {}
         _ => {
-            log::rerror(
+            return refuse(
                 r,
-                sys::APLOG_ERR,
-                0,
-                &format!("attempt to invoke something other than a regular file as a script: {name}"),
+                HTTP_FORBIDDEN,
+                format_args!("attempt to invoke something other than a regular file as a script: {name}"),
             );
-            return HTTP_FORBIDDEN;
         }
     }
     if (*r).used_path_info == sys::AP_REQ_REJECT_PATH_INFO as c_int && !(*r).path_info.is_null() && *(*r).path_info != 0
     {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("AcceptPathInfo off disallows user's path: {name}"));
-        return HTTP_NOT_FOUND;
+        return refuse(r, HTTP_NOT_FOUND, format_args!("AcceptPathInfo off disallows user's path: {name}"));
     }
     let Some(registry) = REGISTRY.get() else {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: mod_libcgi was not initialised in this process"));
-        return HTTP_INTERNAL_SERVER_ERROR;
+        return refuse(
+            r,
+            HTTP_INTERNAL_SERVER_ERROR,
+            format_args!("{name}: mod_libcgi was not initialised in this process"),
+        );
     };
     let Some(ident) = ident_of(r) else {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("script not found or unable to stat: {name}"));
-        return HTTP_NOT_FOUND;
+        return refuse(r, HTTP_NOT_FOUND, format_args!("script not found or unable to stat: {name}"));
     };
 
     let (input, input_len) = match body::read(r) {
@@ -114,7 +111,6 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
             Ok(s) => s,
             Err(e) => return load_failed(r, name, e, &cfg),
         };
-        rlog!(r, APLOG_DEBUG, "{name}: calling processfunc");
         let out = {
             let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
             guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout)
@@ -123,33 +119,62 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     };
     rlog!(r, APLOG_DEBUG, "{name}: processfunc {}", out.describe(cfg.timeout));
     match out.kind {
+        // The usual end, kept apart from finish's many cases.
+        guard::RETURNED if out.rc == 0 && req.phase == Phase::Body => req.finish_body(),
         guard::RETURNED => finish(registry, &script, &mut req, out.rc, name),
         // exit(0) after complete output is a normal end; exit(n) a failure.
         guard::EXITED => finish(registry, &script, &mut req, out.exit_status, name),
-        guard::FAULT | guard::TIMEOUT => {
-            log::rerror(
-                r,
-                sys::APLOG_ERR,
-                0,
-                &format!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
-            );
-            registry.unload(&script);
-            if registry.record_fault(filename.to_bytes(), ident, &cfg) {
-                log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(filename, &cfg));
-            }
-            drop(script); // terminatefunc runs here unless another request still holds it
-            failed_response(r, &mut req, &cfg)
-        }
+        guard::FAULT | guard::TIMEOUT => faulted(registry, script, &mut req, &out, ident, name, &cfg),
         _ => {
-            log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: {}", out.describe(cfg.timeout)));
+            log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: {}", out.describe(cfg.timeout)));
             failed_response(r, &mut req, &cfg)
         }
     }
 }
 
+/// Refuses a request before any script runs: one error-log line naming the
+/// script and the reason, and the status.  Cold, like every failure path
+/// here, so that the code of a successful request stays together.
+#[cold]
+#[inline(never)]
+unsafe fn refuse(r: *mut sys::request_rec, status: c_int, msg: std::fmt::Arguments) -> c_int {
+    log::rerror_fmt(r, sys::APLOG_ERR, 0, msg);
+    status
+}
+
+/// processfunc crashed or ran past its deadline: the script's state is no
+/// longer trusted, so it is unloaded (and maybe quarantined).
+#[cold]
+#[inline(never)]
+unsafe fn faulted(
+    registry: &Registry,
+    script: Arc<Script>,
+    req: &mut Request,
+    out: &guard::Outcome,
+    ident: FileIdent,
+    name: Name,
+    cfg: &Settings,
+) -> c_int {
+    let r = req.r;
+    log::rerror_fmt(
+        r,
+        sys::APLOG_ERR,
+        0,
+        format_args!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
+    );
+    registry.unload(&script);
+    if registry.record_fault(name.0.to_bytes(), ident, cfg) {
+        log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(name.0, cfg));
+    }
+    drop(script); // terminatefunc runs here unless another request still holds it
+    failed_response(r, req, cfg)
+}
+
 /// After a fault: a 500 if nothing reached the client yet; otherwise the
 /// response must not look complete, so the connection is cut (no last chunk,
 /// no keep-alive).
+#[cold]
+#[inline(never)]
 unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Settings) -> c_int {
     req.discard_body();
     if cfg.recycle {
@@ -164,6 +189,8 @@ unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Set
     OK
 }
 
+#[cold]
+#[inline(never)]
 unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &Settings) -> c_int {
     if let Some(secs) = e.retry_after {
         // Quarantine: logged once when it began, not per request.
@@ -180,6 +207,7 @@ unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &
 }
 
 /// Turns what the script produced into the response, as mod_cgi would.
+#[inline(never)]
 unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: Name) -> c_int {
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;

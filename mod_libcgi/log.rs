@@ -52,12 +52,21 @@ pub fn serror(s: *const sys::server_rec, level: u32, msg: &str) {
     }
 }
 
+/// `rerror` with the message still to be formatted.  Out of line and cold:
+/// messages are the exception, and the formatting code would otherwise sit
+/// between the instructions every request runs, costing instruction cache.
+#[cold]
+#[inline(never)]
+pub fn rerror_fmt(r: *const sys::request_rec, level: u32, status: sys::apr_status_t, msg: std::fmt::Arguments) {
+    rerror(r, level, status, &msg.to_string());
+}
+
 /// `rlog!(r, LEVEL, "fmt", args..)`: formats only when the level is enabled.
 macro_rules! rlog {
     ($r:expr, $level:ident, $($arg:tt)+) => {{
         let r = $r;
         if $crate::log::r_enabled(r, $crate::sys::$level) {
-            $crate::log::rerror(r, $crate::sys::$level, 0, &format!($($arg)+));
+            $crate::log::rerror_fmt(r, $crate::sys::$level, 0, format_args!($($arg)+));
         }
     }};
 }

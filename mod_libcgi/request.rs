@@ -115,6 +115,13 @@ impl Request {
                 return self.headers_parsed(status, &data[end..], data.len());
             }
         }
+        self.buffer_headers(data)
+    }
+
+    /// The header block arrives in pieces: collect it.
+    #[cold]
+    #[inline(never)]
+    fn buffer_headers(&mut self, data: &[u8]) -> c_int {
         // Only the new bytes (and the two before them, for a blank line split
         // across writes) can complete the block.
         let from = self.hdr.len().saturating_sub(2);
@@ -161,6 +168,7 @@ impl Request {
         written as c_int
     }
 
+    #[cold]
     fn fail_headers(&mut self) {
         self.phase = Phase::BadHeaders;
         self.hdr = Vec::new();
@@ -223,6 +231,8 @@ impl Request {
         data.len() as c_int
     }
 
+    #[cold]
+    #[inline(never)]
     fn client_gone(&mut self, rv: sys::apr_status_t) {
         self.phase = Phase::ClientGone;
         log::rerror(self.r, sys::APLOG_INFO, rv, &format!("{}: writing to the client failed", self.filename()));
@@ -308,7 +318,7 @@ fn header_end(buf: &[u8], from: usize) -> Option<usize> {
         }
     }
     let mut i = from;
-    while let Some(off) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+    while let Some(off) = find_byte(buf.get(i..)?, b'\n') {
         let nl = i + off;
         match buf.get(nl + 1) {
             Some(b'\n') => return Some(nl + 2),
@@ -317,6 +327,16 @@ fn header_end(buf: &[u8], from: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The first `b` in `hay`.  libc's memchr: the vectorised search costs a few
+/// instructions per line where a byte loop costs a few per byte, and header
+/// lines are scanned on every request.
+fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+    // SAFETY: memchr reads at most hay.len() bytes from hay, which are valid;
+    // a non-null result points into hay.
+    let p = unsafe { libc::memchr(hay.as_ptr() as *const c_void, b as c_int, hay.len()) };
+    (!p.is_null()).then(|| p as usize - hay.as_ptr() as usize)
 }
 
 struct Cursor<'a> {
@@ -333,6 +353,19 @@ unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) ->
         return 0;
     }
     let max = len as usize - 1;
+    let rest = &cur.data[cur.pos..];
+    // The usual line: it fits and holds no CR but the one before its LF.
+    let (line, used) = match find_byte(rest, b'\n') {
+        Some(nl) => (&rest[..nl], nl + 1),
+        None => (rest, rest.len()),
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() <= max && find_byte(line, b'\r').is_none() {
+        ptr::copy_nonoverlapping(line.as_ptr(), buf as *mut u8, line.len());
+        *buf.add(line.len()) = 0;
+        cur.pos += used;
+        return 1;
+    }
     let mut n = 0;
     while cur.pos < cur.data.len() && n < max {
         let b = cur.data[cur.pos];
