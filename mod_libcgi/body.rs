@@ -17,6 +17,13 @@ pub unsafe fn read(r: *mut sys::request_rec) -> Result<Option<(*mut c_char, usiz
     if sys::ap_request_has_body(r) == 0 {
         return Ok(None);
     }
+    read_body(r).map(Some)
+}
+
+/// Out of line: a GET should not carry the body-reading code through the
+/// instruction cache.
+#[inline(never)]
+unsafe fn read_body(r: *mut sys::request_rec) -> Result<(*mut c_char, usize), c_int> {
     let pool = (*r).pool;
     // A declared length sizes the buffer once; a chunked body grows it.  The
     // declared length is only a hint, bounded so a lying client cannot make
@@ -67,5 +74,5 @@ pub unsafe fn read(r: *mut sys::request_rec) -> Result<Option<(*mut c_char, usiz
         }
     }
     *buf.add(len) = 0;
-    Ok(Some((buf as *mut c_char, len)))
+    Ok((buf as *mut c_char, len))
 }

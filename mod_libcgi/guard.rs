@@ -11,7 +11,6 @@
 //! callbacks, leaves a note that the callback's wrapper acts on when it
 //! returns.
 
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -95,6 +94,7 @@ unsafe extern "C" {
     fn libcgi_thread_guard() -> *mut c_void;
     fn libcgi_guard_expire(guard: *mut c_void);
     fn libcgi_guard_reset(guard: *mut c_void);
+    fn libcgi_guard_watch(guard: *mut c_void) -> *mut *mut c_void;
     fn libcgi_call(f: *const c_void, how: c_int, arg: *mut c_char, out: *mut Outcome) -> c_int;
 
     // The wrappers scripts' imports are bound to (see registry::bindings).
@@ -130,7 +130,8 @@ const SIGNALLED: u64 = 2;
 
 /// What a server thread publishes for the watchdog.  One per thread, made on
 /// its first call with a deadline and never freed: server threads live as
-/// long as their process, like the guard in shim.c.
+/// long as their process, like the guard in shim.c, which holds the pointer
+/// to it (a Rust thread_local! would cost a call into the loader per access).
 struct Deadline {
     /// IDLE, CLAIMED, SIGNALLED, or the deadline in milliseconds of
     /// CLOCK_MONOTONIC_COARSE.  Written by its thread (arm, disarm) and by the
@@ -139,11 +140,6 @@ struct Deadline {
     state: AtomicU64,
     guard: usize,
     thread: libc::pthread_t,
-}
-
-thread_local! {
-    // Const-initialised and without a destructor, like request::CURRENT.
-    static MINE: Cell<*const Deadline> = const { Cell::new(std::ptr::null()) };
 }
 
 struct Watchdog {
@@ -225,17 +221,20 @@ impl Watchdog {
 
     /// This thread's Deadline, registered with the watchdog on first use.
     fn mine(&self, guard: *mut c_void) -> &'static Deadline {
-        let p = MINE.with(|c| c.get());
+        // SAFETY: `guard` is this thread's live guard; its watch field is
+        // only ever used from this thread.
+        let watch = unsafe { libcgi_guard_watch(guard) };
+        let p = unsafe { *watch } as *const Deadline;
         if !p.is_null() {
             // SAFETY: set in `register` from a leaked, never-freed Deadline.
             return unsafe { &*p };
         }
-        self.register(guard)
+        self.register(guard, watch)
     }
 
     #[cold]
     #[inline(never)]
-    fn register(&self, guard: *mut c_void) -> &'static Deadline {
+    fn register(&self, guard: *mut c_void, watch: *mut *mut c_void) -> &'static Deadline {
         let d: &'static Deadline = Box::leak(Box::new(Deadline {
             state: AtomicU64::new(IDLE),
             guard: guard as usize,
@@ -243,7 +242,8 @@ impl Watchdog {
             thread: unsafe { libc::pthread_self() },
         }));
         self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(d);
-        MINE.with(|c| c.set(d));
+        // SAFETY: as in `mine`.
+        unsafe { *watch = d as *const Deadline as *mut c_void };
         d
     }
 

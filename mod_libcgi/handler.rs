@@ -37,19 +37,25 @@ fn ident_of(r: *mut sys::request_rec) -> Option<FileIdent> {
         if fi.valid & want == want {
             return Some(FileIdent { dev: fi.device, ino: fi.inode, size: fi.size, mtime: fi.mtime, ctime: fi.ctime });
         }
-        // Some other module built this finfo with fewer fields: ask again.
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::stat((*r).filename, &mut st) != 0 {
-            return None;
-        }
-        Some(FileIdent {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size,
-            mtime: st.st_mtime * 1_000_000 + st.st_mtime_nsec / 1000,
-            ctime: st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
-        })
+        stat_ident((*r).filename)
     }
+}
+
+/// Some other module built this finfo with fewer fields: ask again.
+#[cold]
+#[inline(never)]
+unsafe fn stat_ident(path: *const std::ffi::c_char) -> Option<FileIdent> {
+    let mut st: libc::stat = std::mem::zeroed();
+    if libc::stat(path, &mut st) != 0 {
+        return None;
+    }
+    Some(FileIdent {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size,
+        mtime: st.st_mtime * 1_000_000 + st.st_mtime_nsec / 1000,
+        ctime: st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
+    })
 }
 
 /// # Safety

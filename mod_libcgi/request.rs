@@ -10,7 +10,6 @@
 use crate::env::Env;
 use crate::log;
 use crate::sys;
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 
@@ -44,32 +43,32 @@ pub struct Request {
     bb: *mut sys::apr_bucket_brigade,
 }
 
-thread_local! {
-    // The request this thread is running a script for.  A plain pointer in a
-    // const-initialised Cell: no destructor is registered, which matters
-    // because Apache dlcloses and reopens the module between config passes.
-    static CURRENT: Cell<*mut Request> = const { Cell::new(ptr::null_mut()) };
+unsafe extern "C" {
+    // The thread's current request, in shim.c: initial-exec TLS, which a
+    // Rust thread_local! in a shared object cannot be (see there).
+    fn libcgi_current() -> *mut c_void;
+    fn libcgi_set_current(req: *mut c_void) -> *mut c_void;
 }
 
 /// The request of this thread, if it is inside a script call.
 pub fn current<'a>() -> Option<&'a mut Request> {
-    let p = CURRENT.with(|c| c.get());
-    // SAFETY: CURRENT is set only by `Active`, which points it at a Request
-    // that outlives the script call, and the handler does not touch that
-    // Request while the script runs; only this thread ever sees it.
-    unsafe { p.as_mut() }
+    // SAFETY: the current request is set only by `Active`, which points it at
+    // a Request that outlives the script call, and the handler does not
+    // touch that Request while the script runs; only this thread sees it.
+    unsafe { (libcgi_current() as *mut Request).as_mut() }
 }
 
 /// Marks this thread as running a script for `req` until dropped.  Restores
 /// whatever was there before, so calls may nest (a script unloaded inside a
 /// request runs its terminatefunc with no request: `Active::none()`).
 pub struct Active {
-    prev: *mut Request,
+    prev: *mut c_void,
 }
 
 impl Active {
     pub fn enter(req: *mut Request) -> Active {
-        Active { prev: CURRENT.with(|c| c.replace(req)) }
+        // SAFETY: only swaps a thread-local pointer.
+        Active { prev: unsafe { libcgi_set_current(req as *mut c_void) } }
     }
     pub fn none() -> Active {
         Active::enter(ptr::null_mut())
@@ -78,7 +77,8 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
+        // SAFETY: as in `enter`.
+        unsafe { libcgi_set_current(self.prev) };
     }
 }
 

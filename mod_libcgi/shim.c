@@ -61,6 +61,7 @@ struct libcgi_guard {
     volatile sig_atomic_t timed_out; /* set by the watchdog before it signals */
     volatile sig_atomic_t pending;   /* timeout arrived inside a callback */
     struct libcgi_outcome out;
+    void *watch;                     /* the Rust watchdog's entry for this thread */
 };
 
 /* Initial-exec TLS: static TLS that exists from thread creation, so the
@@ -68,6 +69,26 @@ struct libcgi_guard {
  * handler, possibly on a corrupted heap).  Only a pointer, to stay well
  * within the surplus glibc keeps for dlopened objects. */
 static __thread struct libcgi_guard *thread_guard __attribute__((tls_model("initial-exec")));
+
+/* The request this thread is running a script for (a Rust Request), read by
+ * every callback.  Here rather than in a Rust thread_local!: in a shared
+ * object Rust can only use the general-dynamic TLS model, a call into the
+ * dynamic loader (__tls_get_addr) per access, and stable Rust cannot choose
+ * another; initial-exec is one instruction. */
+static __thread void *current_request __attribute__((tls_model("initial-exec")));
+
+void *libcgi_current(void)
+{
+    return current_request;
+}
+
+/* Sets the thread's request and returns the one it replaces. */
+void *libcgi_set_current(void *req)
+{
+    void *prev = current_request;
+    current_request = req;
+    return prev;
+}
 static struct sigaction previous[NSIG];
 static int timer_signo;
 
@@ -197,6 +218,13 @@ void *libcgi_thread_guard(void)
     if (__builtin_expect(thread_guard == NULL, 0) && thread_setup() != 0)
         return NULL;
     return thread_guard;
+}
+
+/* Where the Rust side keeps this thread's watchdog entry (in the guard, to
+ * find it without a Rust thread-local: see current_request). */
+void **libcgi_guard_watch(void *guard)
+{
+    return &((struct libcgi_guard *)guard)->watch;
 }
 
 /* Called by the watchdog thread, while it holds the call's deadline claimed
