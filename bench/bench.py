@@ -919,15 +919,20 @@ def short_fn(name, width=90):
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
-def report(results, cg, many, elapsed=None):
+def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
+    """Writes <name>.md and <name>.png to RESULTS (name: today's date, or the
+    name of the JSON file being re-rendered)."""
     day = datetime.date.today().isoformat()
-    name = f"{day}{'-smoke' if SMOKE else ''}"
+    if name is None:
+        name = f"{day}{'-smoke' if SMOKE else ''}"
+    else:
+        day = name[:10]
     os.makedirs(RESULTS, exist_ok=True)
     png = os.path.join(RESULTS, f"{name}.png")
     chart(results, png)
     proxy_how = next(iter(results.values())).get("proxy", "?")
     L = [f"# mod_libcgi benchmark, {day}{' (SMOKE RUN: numbers meaningless)' if SMOKE else ''}", "",
-         f"Machine: {machine()}.", "",
+         f"Machine: {machine_desc or machine()}.", "",
          "Method: one apache2 per MPM with every peer on its own URL (so peers are compared in the same "
          f"server, minutes apart at most); apache2 pinned to CPU {SERVER_CPU} (with every FastCGI/CGI "
          f"process it starts), wrk pinned to CPU {CLIENT_CPU}; every target checked for status 200 and the "
@@ -1178,26 +1183,35 @@ def report(results, cg, many, elapsed=None):
         L.append("- Against the native module, within this machine's noise (at least one round meets the goal): "
                  + "; ".join(t[0] for t in noise) + f". The reproducible measure of the module's own cost is the "
                  f"instruction count: {over * 100:+.1f}% per request at 28 B.")
-    spreadcost = [t for t in targets if not t[1] and t[4] == "many" and many["native_ratio"] < t[5]]
+    spreadcost = [t for t in targets if not t[1] and t[4] == "many" and "ratio_links" not in many
+                  and many["native_ratio"] <= mr]
     if spreadcost:
         L.append(f"- {MANY} scripts: the control (the native module over {MANY} files vs one) loses as much or "
                  f"more ({many['native_ratio']:.2f} x vs {mr:.2f} x): the loss is what spreading requests over "
                  f"{MANY} files costs any handler, not the registry, whose instruction count per request does not "
                  f"change ({cg['few-one']:,.0f} with 6 scripts, {cg['many-spread']:,.0f} spread over {MANY}).")
-    programs = [t for t in targets if not t[1] and t[4] == "many" and t not in spreadcost and "ratio_links" in many
-                and min(many["ratio_links"], many["ratio_many_one"]) >= t[5]]
+    programs = [t for t in targets if not t[1] and t[4] == "many" and "ratio_links" in many]
     if programs:
-        L.append(f"- {MANY} scripts: the registry does not slow down as it grows: with {MANY} scripts loaded, "
-                 f"requests to one of them run at {many['ratio_many_one']:.2f} x, and requests spread over {MANY} "
-                 f"registry entries that share one program at {many['ratio_links']:.2f} x; the instructions per "
-                 f"request are the same ({cg['few-one']:,.0f} with 6 loaded, {cg['many-spread']:,.0f} spread over "
-                 f"{MANY}). The loss ({mr:.2f} x) appears only when the {MANY} entries are {MANY} different "
-                 "programs: each request then runs another script's own code and reads its own data (text, PLT, "
-                 "GOT, data: about five pages and a handful of cache lines per script), so the server's working "
-                 "set no longer stays in the second-level cache and TLB; the user and system CPU time per request "
-                 "both rise. Callgrind has no model of either (same instructions, same first-level misses), and "
-                 "this machine has no hardware counters, so that last step is inferred, not counted. No registry "
-                 "change can remove it: it is the cost of running that many different programs.")
+        c = many["cpu_us"]
+
+        def tot(k):
+            return c[k]["user"] + c[k]["sys"]
+
+        L.append(f"- {MANY} scripts: the size of the registry costs nothing measurable: with {MANY} scripts loaded, "
+                 f"requests to one of them run at {many['ratio_many_one']:.2f} x, and the instructions per request "
+                 f"are the same with 6 or {MANY} loaded and whether the requests go to one script or to all "
+                 f"({cg['few-one']:,.0f}, {cg['many-one']:,.0f}, {cg['many-spread']:,.0f}). Spreading the requests "
+                 f"is what costs: over {MANY} files for the native module {many['native_ratio']:.2f} x (another path "
+                 f"and file each time, colder caches); over {MANY} registry entries that share one program "
+                 f"{many['ratio_links']:.2f} x; over {MANY} different programs {mr:.2f} x, with the CPU time per "
+                 f"request going from {tot('one'):.1f} to {tot('many'):.1f} us (user {c['one']['user']:.1f} to "
+                 f"{c['many']['user']:.1f}, system {c['one']['sys']:.1f} to {c['many']['sys']:.1f}). The last step "
+                 "is each request running another program's own code and reading its own data (text, PLT, GOT, "
+                 "data: about five pages and a handful of cache lines per script), which no longer stay in the "
+                 "second-level cache and the TLB, so the server's own working set is evicted too (system time rises "
+                 "as well). Callgrind has no model of either (same instructions, same first-level misses) and this "
+                 "machine has no hardware counters, so that step is inferred, not counted. No registry change can "
+                 "remove it: it is the cost of serving that many different programs from one process.")
     other = [t for t in targets if not t[1] and t not in ceiling and t not in noise and t not in spreadcost
              and t not in programs and t not in parse]
     if other:
@@ -1209,9 +1223,12 @@ def report(results, cg, many, elapsed=None):
           "is an AddHandler on empty `.nat` files and takes the size from the name), except mod_proxy_fcgi, which "
           "maps to a backend address and pays none. The static file is served by the default handler (sendfile "
           "for the larger sizes). The LibCGI, FastCGI and CGI peers are one program (`bench/peer.c`) built three "
-          "ways: a Content-Type header and the body from memory. The native module writes the body with "
-          "`ap_rwrite` and sets the content type directly; mod_libcgi also parses the script's CGI header block "
-          "with Apache's parser and runs the script under its fault guard and watchdog.",
+          "ways: a Content-Type header and the body from memory, made once per process (initfunc, main). The "
+          "native module writes the body with `ap_rwrite` from a buffer it also fills in each server process "
+          "(child_init: filled before the fork, one copy would be shared by every prefork child and stay in the "
+          "CPU caches, worth 10-20% at 10-100 KiB), and sets the content type directly (`native`) or hands the "
+          "header block to Apache's CGI header parser (`native_hdr`); mod_libcgi also parses the script's header "
+          "block with Apache's parser and runs the script under its fault guard and watchdog.",
           "- Instruction counts are the server process's user-space instructions (callgrind cannot see the "
           "kernel): the socket work every peer shares is not in them, so the ratio overstates the difference "
           "in total CPU time.", "- Raw numbers: the JSON next to this report; "
@@ -1222,11 +1239,11 @@ def report(results, cg, many, elapsed=None):
     return path, name
 
 
-def dump_json(name, results, cg, many, elapsed):
+def dump_json(name, results, cg, many, elapsed, machine_desc):
     def keyed(d):
         return {f"{p}/{z}": v for (p, z), v in d.items()}
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
-        json.dump({"smoke": SMOKE, "elapsed": elapsed, "callgrind": cg, "many": many,
+        json.dump({"smoke": SMOKE, "elapsed": elapsed, "machine": machine_desc, "callgrind": cg, "many": many,
                    "throughput": {m: {"ka": keyed(r["ka"]), "close": keyed(r["close"]),
                                       "lat": keyed(r["lat"]), "proxy": r["proxy"]}
                                   for m, r in results.items()}}, f, indent=1)
@@ -1234,7 +1251,7 @@ def dump_json(name, results, cg, many, elapsed):
 
 def from_json(path):
     """Re-renders a report from the raw numbers of an earlier run."""
-    global SMOKE, M_SIZES, LAT_SIZES
+    global SMOKE, M_SIZES, LAT_SIZES, PEERS
     d = json.load(open(path))
     SMOKE = d.get("smoke", False)
 
@@ -1245,7 +1262,10 @@ def from_json(path):
     first = next(iter(results.values()))
     M_SIZES = sorted({z for (_, z) in first["ka"]})
     LAT_SIZES = sorted({z for (_, z) in first["lat"]})
-    return report(results, d["callgrind"], d["many"], d.get("elapsed"))[0]
+    # Earlier runs may have had fewer peers.
+    PEERS = [p for p in PEERS if any(q == p for (q, _) in first["ka"])]
+    name = os.path.splitext(os.path.basename(path))[0]
+    return report(results, d["callgrind"], d["many"], d.get("elapsed"), name=name, machine_desc=d.get("machine"))[0]
 
 
 def main():
@@ -1253,6 +1273,7 @@ def main():
         print(open(from_json(sys.argv[sys.argv.index("--from-json") + 1])).read())
         return
     t0 = time.time()
+    machine_desc = machine()            # the load average before the run
     if not os.path.exists(MODULE):
         raise SystemExit(f"{MODULE} missing: cargo build --release (or set BENCH_MODULE)")
     log(f"building the peers (module: {MODULE})")
@@ -1265,8 +1286,8 @@ def main():
     log(f"first request, {MANY} scripts, memory")
     many = first_request_and_many()
     elapsed = time.time() - t0
-    path, name = report(results, cg, many, elapsed)
-    dump_json(name, results, cg, many, elapsed)
+    path, name = report(results, cg, many, elapsed, machine_desc=machine_desc)
+    dump_json(name, results, cg, many, elapsed, machine_desc)
     log(f"report: {path} ({elapsed:.0f} s)")
     print(open(path).read())
 

@@ -69,11 +69,23 @@ static int bench_handler(request_rec *r)
     return OK;
 }
 
+/* The body is made in each server process, as the LibCGI script's initfunc
+ * and the FastCGI and CGI programs make theirs.  Filled once in the parent,
+ * before the fork, it would be one copy in memory shared by every prefork
+ * child, which stays in the CPU caches where 32 private copies do not: that
+ * alone was worth 10-20% at 10-100 KiB under prefork. */
+static void child_init(apr_pool_t *p, server_rec *s)
+{
+    (void)p;
+    (void)s;
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (char)('a' + i % 26);
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     (void)p;
-    for (size_t i = 0; i < sizeof body; i++)
-        body[i] = (char)('a' + i % 26);
+    ap_hook_child_init(child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(bench_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
