@@ -44,7 +44,7 @@ PROXY_PORT_BASE = 19400
 SMOKE = "--smoke" in sys.argv
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
-# Time budget: the full run takes about 11 minutes on 2 cores, the smoke run
+# Time budget: the full run takes about 13 minutes on 2 cores, the smoke run
 # about half a minute.
 DUR = 1 if SMOKE else 2               # seconds per measurement (wrk takes whole seconds)
 WARM = 0 if SMOKE else 1              # seconds of warm-up per target

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole benchmark (about 11 minutes on 2 cores) and writes a dated
+# Runs the whole benchmark (about 13 minutes on 2 cores) and writes a dated
 # report to bench/results/.  `bench/run.sh --smoke` runs every part very
 # briefly (about half a minute plus the build) to show the harness works.
 #
