@@ -481,50 +481,12 @@ def throughput(mpm):
 def parse_callgrind(path):
     """Self cost (Ir) per function and per object file of one callgrind dump;
     the dump's total."""
-    names = {"ob": {}, "fn": {}, "cob": {}, "cfn": {}}
-    ob = fn = None
+    events, totals, fns = parse_events(path)
     self_fn, self_ob = {}, {}
-    total = None
-    skip_next = False
-    name_re = re.compile(r"^\((\d+)\)(?: (.*))?$")
-
-    def resolve(kind, val):
-        table = names["ob" if kind in ("ob", "cob") else "fn"]
-        m = name_re.match(val)
-        if not m:
-            return val
-        if m.group(2) is not None:
-            table[m.group(1)] = m.group(2)
-        return table.get(m.group(1), val)
-
-    with open(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            c = line[0]
-            if c.isdigit() or c in "+-*":
-                if skip_next:       # the inclusive cost of a call, not self cost
-                    skip_next = False
-                    continue
-                parts = line.split()
-                if len(parts) >= 2 and fn is not None:
-                    ir = int(parts[1])
-                    self_fn[(ob, fn)] = self_fn.get((ob, fn), 0) + ir
-                    self_ob[ob] = self_ob.get(ob, 0) + ir
-                continue
-            key, _, val = line.partition("=")
-            if key == "ob":
-                ob = resolve("ob", val)
-            elif key == "fn":
-                fn = resolve("fn", val)
-            elif key in ("cob", "cfn"):
-                resolve(key, val)
-            elif key == "calls":
-                skip_next = True
-            elif line.startswith(("summary:", "totals:")):
-                total = int(line.split()[1])
-    return total, self_fn, self_ob
+    for (ob, fn), v in fns.items():
+        self_fn[(ob, fn)] = v[0]
+        self_ob[ob] = self_ob.get(ob, 0) + v[0]
+    return (totals[0] if totals else None), self_fn, self_ob
 
 
 def parse_events(path):
