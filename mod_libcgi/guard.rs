@@ -132,6 +132,9 @@ const SIGNALLED: u64 = 2;
 /// its first call with a deadline and never freed: server threads live as
 /// long as their process, like the guard in shim.c, which holds the pointer
 /// to it (a Rust thread_local! would cost a call into the loader per access).
+/// A cache line each: two threads' deadlines side by side would make every
+/// request of one thread take the line away from the other.
+#[repr(align(64))]
 struct Deadline {
     /// IDLE, CLAIMED, SIGNALLED, or the deadline in milliseconds of
     /// CLOCK_MONOTONIC_COARSE.  Written by its thread (arm, disarm) and by the

@@ -123,6 +123,23 @@ fn timeouts(mpm: Mpm) {
     assert!(dead_children(&a.error_log()).is_empty());
 }
 
+/// Deadlines shorter than the watchdog's tick: the looping call is still cut,
+/// and the quick calls after it on the same server never are (a mark the
+/// watchdog left must not reach the next call).
+fn short_timeouts(mpm: Mpm) {
+    let (a, _) = single(mpm, "LibCGITimeout 0.05\nLibCGIMaxFaults 0 1", &[]);
+    let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let t = Instant::now();
+    assert_eq!(a.get("/libcgi-bin/f.so?mode=loop").status, 500);
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    for _ in 0..200 {
+        assert_eq!(ok_pid(&a, "/libcgi-bin/f.so"), pid);
+    }
+    let log = a.error_log();
+    assert_eq!(log.lines().filter(|l| l.contains("processfunc still running after")).count(), 1, "{log}");
+    assert!(dead_children(&log).is_empty());
+}
+
 fn exit_calls(mpm: Mpm) {
     let (a, _) = single(mpm, "", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
@@ -243,6 +260,7 @@ prefork_and_event!(
     faults_in_init_and_terminate,
     fault_after_partial_output,
     timeouts,
+    short_timeouts,
     exit_calls,
     quarantine,
     continue_keeps_the_process,
