@@ -346,7 +346,8 @@ struct Cursor<'a> {
 
 /// Line reader for ap_scan_script_header_err_core_ex, with the semantics of
 /// Apache's own brigade reader: a line ends at LF (not stored), CRs are
-/// dropped, at most len-1 bytes, NUL-terminated; 0 when no data is left.
+/// dropped, at most len-1 bytes, NUL-terminated; 0 when no data is left.  A
+/// line that fills the buffer leaves its LF unread, as Apache's does.
 unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
     let cur = &mut *(arg as *mut Cursor);
     if cur.pos >= cur.data.len() || len <= 0 {
@@ -354,31 +355,27 @@ unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) ->
     }
     let max = len as usize - 1;
     let rest = &cur.data[cur.pos..];
-    // The usual line: it fits and holds no CR but the one before its LF.
-    let (line, used) = match find_byte(rest, b'\n') {
-        Some(nl) => (&rest[..nl], nl + 1),
-        None => (rest, rest.len()),
-    };
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.len() <= max && find_byte(line, b'\r').is_none() {
-        ptr::copy_nonoverlapping(line.as_ptr(), buf as *mut u8, line.len());
-        *buf.add(line.len()) = 0;
-        cur.pos += used;
-        return 1;
-    }
-    let mut n = 0;
-    while cur.pos < cur.data.len() && n < max {
-        let b = cur.data[cur.pos];
-        cur.pos += 1;
-        if b == b'\n' {
+    let end = find_byte(rest, b'\n').unwrap_or(rest.len());
+    // Copied run by run between CRs: a usual line is one run and its
+    // trailing CR, found with two memchr and stored with one copy.
+    let (mut n, mut i) = (0, 0);
+    while n < max {
+        if i == end {
+            i += usize::from(end < rest.len()); // the LF
             break;
         }
-        if b != b'\r' {
-            *buf.add(n) = b as c_char;
-            n += 1;
+        let run = &rest[i..end];
+        let cr = find_byte(run, b'\r').unwrap_or(run.len());
+        let take = cr.min(max - n);
+        ptr::copy_nonoverlapping(run.as_ptr(), (buf as *mut u8).add(n), take);
+        n += take;
+        i += take;
+        if take == cr && cr < run.len() && n < max {
+            i += 1; // the CR
         }
     }
     *buf.add(n) = 0;
+    cur.pos += i;
     1
 }
 
