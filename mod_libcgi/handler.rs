@@ -125,8 +125,6 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     };
     rlog!(r, APLOG_DEBUG, "{name}: processfunc {}", out.describe(cfg.timeout));
     match out.kind {
-        // The usual end, kept apart from finish's many cases.
-        guard::RETURNED if out.rc == 0 && req.phase == Phase::Body => req.finish_body(),
         guard::RETURNED => finish(registry, &script, &mut req, out.rc, name),
         // exit(0) after complete output is a normal end; exit(n) a failure.
         guard::EXITED => finish(registry, &script, &mut req, out.exit_status, name),
@@ -213,8 +211,17 @@ unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &
 }
 
 /// Turns what the script produced into the response, as mod_cgi would.
-#[inline(never)]
 unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: Name) -> c_int {
+    if rc == 0 && req.phase == Phase::Body {
+        return req.finish_body();
+    }
+    finish_other(registry, script, req, rc, name)
+}
+
+/// Every end but a complete body and a 0: out of line, so that the usual end
+/// does not carry these cases through the instruction cache.
+#[inline(never)]
+unsafe fn finish_other(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: Name) -> c_int {
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;
     if rc != 0 {
