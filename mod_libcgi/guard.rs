@@ -154,19 +154,14 @@ struct Watchdog {
 
 static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
 
-fn clock(id: libc::clockid_t) -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write; the clock ids used exist
-    // on every Linux the module builds for.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts
-}
-
 /// Milliseconds of the coarse monotonic clock: read from the vDSO without a
 /// syscall, cheaper than Instant::now, and precise enough for deadlines the
 /// watchdog looks at once per tick.
 fn now_ms() -> u64 {
-    let ts = clock(libc::CLOCK_MONOTONIC_COARSE);
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write; the clock exists on every
+    // Linux the module builds for.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
@@ -189,10 +184,9 @@ impl Watchdog {
         loop {
             let now = now_ms();
             let mut next: Option<u64> = None;
-            // Cloned out of the lock so that a thread registering itself
-            // never waits for the signalling below.
-            let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for d in threads {
+            // Scanned under the lock: only a thread's first call takes it too.
+            let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+            for d in threads.iter() {
                 let state = d.state.load(Ordering::Acquire);
                 if state <= SIGNALLED {
                     continue;
@@ -217,6 +211,7 @@ impl Watchdog {
             // Never sleeps longer than a tick, so that `arm` need not wake it
             // (a futex wake and a context switch on every request): a new
             // deadline is at worst noticed one tick late.
+            drop(threads);
             let nap = next.map_or(TICK, |t| Duration::from_millis(t.saturating_sub(now_ms())).min(TICK));
             std::thread::sleep(nap.max(Duration::from_millis(1)));
         }

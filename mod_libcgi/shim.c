@@ -308,7 +308,8 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
         if (g->out.kind == LIBCGI_FAULT && g->out.signo == SIGSEGV)
             release_unused_stack();
     }
-    g->timed_out = 0;
+    /* timed_out is left to the disarm (libcgi_guard_reset): the watchdog may
+     * still mark this call until then. */
     g->depth = 0;
     *out = g->out;
     return out->kind;
