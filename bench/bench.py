@@ -478,17 +478,6 @@ def throughput(mpm):
 
 # ---- callgrind ----
 
-def parse_callgrind(path):
-    """Self cost (Ir) per function and per object file of one callgrind dump;
-    the dump's total."""
-    events, totals, fns = parse_events(path)
-    self_fn, self_ob = {}, {}
-    for (ob, fn), v in fns.items():
-        self_fn[(ob, fn)] = v[0]
-        self_ob[ob] = self_ob.get(ob, 0) + v[0]
-    return (totals[0] if totals else None), self_fn, self_ob
-
-
 def parse_events(path):
     """Every event of one callgrind dump (Ir, and with --cache-sim the cache
     misses): the event names, the dump's totals, and the self cost per
@@ -650,8 +639,14 @@ def callgrind():
         raise SystemExit(f"callgrind: {len(dumps)} dumps for {len(plan)} segments in {prefix}.*")
     seg = {}
     for (label, times), path in zip(plan, dumps):
-        total, self_fn, self_ob = parse_callgrind(path)
-        seg[label] = {"total": total, "times": times, "path": path, "self_fn": self_fn, "self_ob": self_ob}
+        # Each dump parsed once: Ir (the first event) for the instruction
+        # tables, all events for the cache tables.
+        events, totals, fns = parse_events(path)
+        self_ob = {}
+        for (ob, _), v in fns.items():
+            self_ob[ob] = self_ob.get(ob, 0) + v[0]
+        seg[label] = {"total": totals[0], "times": times, "path": path, "events": events, "totals": totals,
+                      "fns": fns, "self_fn": {k: v[0] for k, v in fns.items()}, "self_ob": self_ob}
     marker = seg["marker"]["total"]
 
     def per_req(label):
@@ -681,14 +676,13 @@ def callgrind():
     res["inclusive"] = {p: [(ir / n, fn) for ir, fn in inclusive_top(seg[f"{p}#0"]["path"])] for p in ["native", "libcgi"]}
     # Cache simulation: every event per request, and the self I1 misses per
     # function, for the three in-process handlers at 28 B.
-    ev = {label: parse_events(seg[label]["path"]) for label in ["marker", "native#0", "native_hdr#0", "libcgi#0"]}
-    names = ev["marker"][0]
-    res["events"] = {p: {e: (ev[f"{p}#0"][1][i] - ev["marker"][1][i]) / n for i, e in enumerate(names)}
+    names = seg["marker"]["events"]
+    res["events"] = {p: {e: (seg[f"{p}#0"]["totals"][i] - seg["marker"]["totals"][i]) / n for i, e in enumerate(names)}
                      for p in ["native", "native_hdr", "libcgi"]}
     if "I1mr" in names:
         i1 = names.index("I1mr")
         res["i1_by_function"] = {p: {f"{fn} [{os.path.basename(ob or '?')}]": v[i1] / n
-                                     for (ob, fn), v in ev[f"{p}#0"][2].items() if v[i1]}
+                                     for (ob, fn), v in seg[f"{p}#0"]["fns"].items() if v[i1]}
                                  for p in ["native", "native_hdr", "libcgi"]}
     res["inclusive_first"] = [(ir, fn) for ir, fn in inclusive_top(seg["first"]["path"], 15)]
     return res
