@@ -94,7 +94,7 @@ unsafe extern "C" {
     fn libcgi_thread_guard() -> *mut c_void;
     fn libcgi_guard_expire(guard: *mut c_void);
     fn libcgi_guard_reset(guard: *mut c_void);
-    fn libcgi_guard_watch(guard: *mut c_void) -> *mut *mut c_void;
+    fn libcgi_thread_watch() -> *mut *mut c_void;
     fn libcgi_call(f: *const c_void, how: c_int, arg: *mut c_char, out: *mut Outcome) -> c_int;
 
     // The wrappers scripts' imports are bound to (see registry::bindings).
@@ -217,25 +217,31 @@ impl Watchdog {
         }
     }
 
-    /// This thread's Deadline, registered with the watchdog on first use.
-    fn mine(&self, guard: *mut c_void) -> &'static Deadline {
-        // SAFETY: `guard` is this thread's live guard; its watch field is
-        // only ever used from this thread.
-        let watch = unsafe { libcgi_guard_watch(guard) };
+    /// This thread's Deadline, registered with the watchdog on first use;
+    /// None if the thread's guard cannot be set up (the call then runs
+    /// without a deadline, and libcgi_call reports why).
+    fn mine(&self) -> Option<&'static Deadline> {
+        // SAFETY: the slot is in this thread's own guard, only ever used
+        // from this thread.
+        let watch = unsafe { libcgi_thread_watch() };
+        if watch.is_null() {
+            return None;
+        }
         let p = unsafe { *watch } as *const Deadline;
         if !p.is_null() {
             // SAFETY: set in `register` from a leaked, never-freed Deadline.
-            return unsafe { &*p };
+            return Some(unsafe { &*p });
         }
-        self.register(guard, watch)
+        Some(self.register(watch))
     }
 
     #[cold]
     #[inline(never)]
-    fn register(&self, guard: *mut c_void, watch: *mut *mut c_void) -> &'static Deadline {
+    fn register(&self, watch: *mut *mut c_void) -> &'static Deadline {
         let d: &'static Deadline = Box::leak(Box::new(Deadline {
             state: AtomicU64::new(IDLE),
-            guard: guard as usize,
+            // SAFETY: the guard exists (its watch slot was just read).
+            guard: unsafe { libcgi_thread_guard() } as usize,
             // SAFETY: pthread_self has no preconditions.
             thread: unsafe { libc::pthread_self() },
         }));
@@ -245,12 +251,12 @@ impl Watchdog {
         d
     }
 
-    fn arm(&self, guard: *mut c_void, timeout: Duration) -> &'static Deadline {
-        let d = self.mine(guard);
+    fn arm(&self, timeout: Duration) -> Option<&'static Deadline> {
+        let d = self.mine()?;
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 4);
         let deadline = (now_ms() + ms + self.slack_ms).max(SIGNALLED + 1);
         d.state.store(deadline, Ordering::Release);
-        d
+        Some(d)
     }
 
     fn disarm(d: &Deadline) {
@@ -286,10 +292,7 @@ impl Watchdog {
 pub unsafe fn call(f: *const c_void, how: c_int, arg: *mut c_char, timeout: Option<Duration>) -> Outcome {
     let mut out = Outcome::default();
     let armed = match timeout {
-        Some(t) if !t.is_zero() => {
-            let g = libcgi_thread_guard();
-            (!g.is_null()).then(|| watchdog().arm(g, t))
-        }
+        Some(t) if !t.is_zero() => watchdog().arm(t),
         _ => None,
     };
     libcgi_call(f, how, arg, &mut out);

@@ -221,10 +221,13 @@ void *libcgi_thread_guard(void)
 }
 
 /* Where the Rust side keeps this thread's watchdog entry (in the guard, to
- * find it without a Rust thread-local: see current_request). */
-void **libcgi_guard_watch(void *guard)
+ * find it without a Rust thread-local: see current_request), the guard set
+ * up on first use; NULL if that failed. */
+void **libcgi_thread_watch(void)
 {
-    return &((struct libcgi_guard *)guard)->watch;
+    if (__builtin_expect(thread_guard == NULL, 0) && thread_setup() != 0)
+        return NULL;
+    return &thread_guard->watch;
 }
 
 /* Called by the watchdog thread, while it holds the call's deadline claimed
