@@ -177,6 +177,7 @@ impl Request {
     /// Runs Apache's CGI header parser over the buffered block.  Apache logs
     /// malformed or missing headers itself, naming the script.
     fn parse_headers(&mut self, block: &[u8]) -> c_int {
+        let t0 = crate::metrics::header_parse_start();
         let mut cur = Cursor { data: block, pos: 0 };
         // Given a buffer, the parser keeps the offending line in it for its
         // log message; without one it reads on to the end first and then
@@ -186,7 +187,7 @@ impl Request {
         let mut line = std::mem::MaybeUninit::<[c_char; sys::HUGE_STRING_LEN as usize]>::uninit();
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
         // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
-        unsafe {
+        let rc = unsafe {
             sys::ap_scan_script_header_err_core_ex(
                 self.r,
                 line.as_mut_ptr() as *mut c_char,
@@ -194,7 +195,9 @@ impl Request {
                 &mut cur as *mut Cursor as *mut c_void,
                 log::module_index(),
             )
-        }
+        };
+        crate::metrics::header_parse_done(t0);
+        rc
     }
 
     /// The Location that makes this a redirect, as mod_cgi decides it: only

@@ -40,6 +40,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { LIBCGI_RETURNED = 0, LIBCGI_FAULT = 1, LIBCGI_TIMEOUT = 2, LIBCGI_EXITED = 3 };
@@ -322,15 +323,45 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
  * Every function a script calls into goes through enter()/leave(): while
  * depth > 0 a fault is the server's and a timeout waits. */
 
+/* Time in callbacks, for mod_libcgi/metrics (the "callbacks" phase): the
+ * outermost enter/leave read CLOCK_MONOTONIC (vDSO, no syscall) and add the
+ * difference here; the handler takes and zeroes it after processfunc.  The
+ * header parser's own time (inside lwrite) is kept apart in hdr_ns. */
+static __thread uint64_t cb_t0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t cb_ns __attribute__((tls_model("initial-exec")));
+static __thread uint64_t hdr_ns __attribute__((tls_model("initial-exec")));
+static int cb_timing;
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void libcgi_cb_timing(int on) { cb_timing = on; }
+void libcgi_hdr_add(uint64_t ns) { hdr_ns += ns; }
+
+uint64_t libcgi_cb_take(uint64_t *hdr)
+{
+    uint64_t v = cb_ns;
+    *hdr = hdr_ns;
+    cb_ns = 0;
+    hdr_ns = 0;
+    return v;
+}
+
 static inline void enter(void)
 {
-    if (thread_guard)
-        thread_guard->depth++;
+    if (thread_guard && thread_guard->depth++ == 0 && cb_timing)
+        cb_t0 = mono_ns();
 }
 
 static inline void leave(void)
 {
     struct libcgi_guard *g = thread_guard;
+    if (g && g->depth == 1 && cb_timing)
+        cb_ns += mono_ns() - cb_t0;
     if (g && --g->depth == 0 && g->armed && g->pending) {
         g->out.kind = LIBCGI_TIMEOUT;
         siglongjmp(g->env, 1);
