@@ -177,7 +177,6 @@ impl Request {
     /// Runs Apache's CGI header parser over the buffered block.  Apache logs
     /// malformed or missing headers itself, naming the script.
     fn parse_headers(&mut self, block: &[u8]) -> c_int {
-        let t0 = crate::metrics::header_parse_start();
         let mut cur = Cursor { data: block, pos: 0 };
         // Given a buffer, the parser keeps the offending line in it for its
         // log message; without one it reads on to the end first and then
@@ -196,7 +195,7 @@ impl Request {
                 log::module_index(),
             )
         };
-        crate::metrics::header_parse_done(t0);
+        crate::metrics::header_parse_done();
         rc
     }
 

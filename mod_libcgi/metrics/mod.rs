@@ -9,13 +9,14 @@
 //! passes; a graceful restart reattaches it with its counts; the pre_mpm
 //! hook, which the MPMs run only at start and at a full restart, zeroes it.
 
+mod clock;
 mod page;
 mod probes;
 mod record;
 mod segment;
 mod snapshot;
 
-pub use record::{header_parse_done, header_parse_start, loaded, quarantined, reloaded, slot_for, unloaded, Req};
+pub use record::{header_parse_done, loaded, quarantined, reloaded, slot_for, unloaded, Req};
 
 use crate::log;
 use crate::sys;
@@ -110,7 +111,7 @@ unsafe extern "C" fn post_config(
         n => n as usize,
     };
     if slots == 0 {
-        record::set_callback_timing(false);
+        record::set_callback_timing(0);
         return sys::OK as c_int;
     }
     let servers = mpm_query(sys::AP_MPMQ_HARD_LIMIT_DAEMONS);
@@ -151,7 +152,7 @@ unsafe extern "C" fn post_config(
             c"libcgi-status: cannot create the shared memory segment of %lu bytes; metrics are off".as_ptr(),
             layout.bytes as std::ffi::c_ulong,
         );
-        record::set_callback_timing(false);
+        record::set_callback_timing(0);
         return sys::OK as c_int;
     }
     layout.base = sys::apr_shm_baseaddr_get(shm) as *mut u8;
@@ -164,7 +165,7 @@ unsafe fn publish(pconf: *mut sys::apr_pool_t, layout: Seg) -> c_int {
     let p = sys::apr_palloc(pconf, std::mem::size_of::<Seg>()) as *mut Seg;
     p.write(layout);
     SEG.store(p, Ordering::Relaxed);
-    record::set_callback_timing(true);
+    record::set_callback_timing(clock::setup());
     sys::OK as c_int
 }
 

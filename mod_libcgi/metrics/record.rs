@@ -24,22 +24,16 @@ unsafe extern "C" {
     // enter to leave) and inside Apache's header parser since the last
     // call; both are zeroed.
     fn libcgi_cb_take(hdr_ns: *mut u64) -> u64;
-    fn libcgi_hdr_add(ns: u64);
+    fn libcgi_hdr_done();
     fn libcgi_cb_timing(on: c_int);
 }
 
-/// Monotonic nanoseconds (vDSO, no syscall).
-#[inline]
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use super::clock::{ticks as now_ns, to_ns};
 
-pub fn set_callback_timing(on: bool) {
+/// 0: off; otherwise what clock::setup chose.
+pub fn set_callback_timing(how: i32) {
     // SAFETY: sets a plain int in shim.c, before the children start.
-    unsafe { libcgi_cb_timing(on as c_int) };
+    unsafe { libcgi_cb_timing(how as c_int) };
 }
 
 /// The scoreboard slot of this process, learnt from its first request (for
@@ -58,6 +52,8 @@ struct SbHandle {
 /// One request's measurement.
 pub struct Req {
     rows: *const Row,
+    /// The worker's used-row bitmap.
+    used: *const AtomicU64,
     t0: u64,
     t_body: u64,
     t_load: u64,
@@ -78,6 +74,7 @@ impl Req {
     pub unsafe fn start(r: *mut sys::request_rec) -> Req {
         let mut m = Req {
             rows: std::ptr::null(),
+            used: std::ptr::null(),
             t0: 0,
             t_body: 0,
             t_load: 0,
@@ -104,10 +101,13 @@ impl Req {
         }
         m.worker = child * s.threads + thread;
         m.rows = s.rows_of(m.worker);
+        m.used = s.used(m.worker).as_ptr();
         m.slot = s.slots;
-        let mut hdr = 0;
-        libcgi_cb_take(&mut hdr);
+        // The callback time accumulated since the last request (initfunc of
+        // a load, terminatefunc) was dropped where it happened: see
+        // `loaded`, `unloaded` and shim.c's leave().
         m.t0 = now_ns();
+        m.t_body = m.t0;
         probes::request_start((*r).filename);
         m
     }
@@ -144,13 +144,12 @@ impl Req {
         // this thread's rows are written only by this thread.
         let row = unsafe { &*self.rows.add(slot) };
         bump(&row.started, 1);
-        if let Some(s) = seg() {
-            let used = &s.used(self.worker)[slot / 64];
-            let bit = 1u64 << (slot % 64);
-            let u = used.load(Ordering::Relaxed);
-            if u & bit == 0 {
-                used.store(u | bit, Ordering::Relaxed);
-            }
+        // SAFETY: the bitmap has a bit for every slot up to `slots`.
+        let used = unsafe { &*self.used.add(slot / 64) };
+        let bit = 1u64 << (slot % 64);
+        let u = used.load(Ordering::Relaxed);
+        if u & bit == 0 {
+            used.store(u | bit, Ordering::Relaxed);
         }
     }
 
@@ -189,7 +188,6 @@ impl Req {
         self.t_proc = now_ns();
         // SAFETY: reads and zeroes two thread-locals in shim.c.
         self.cb_ns = unsafe { libcgi_cb_take(&mut self.hdr_ns) };
-        probes::phase_script(path.as_ptr(), self.t_proc.saturating_sub(self.t_load));
         if out.kind != guard::RETURNED {
             self.outcome(out, path, recycle);
         }
@@ -250,22 +248,24 @@ impl Req {
         }
         // Missing boundaries collapse onto the previous one, so the phases
         // always add up to the total exactly.
-        let t_body = if self.t_body == 0 { self.t0 } else { self.t_body };
+        let t_body = self.t_body;
         let t_load = self.t_load.max(t_body);
         let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc };
         let cb = self.cb_ns.min(t_proc - t_load);
         let hdr = self.hdr_ns.min(cb);
-        let phases = [
-            t_load - t_body,
-            (t_proc - t_load) - cb,
-            (t_body - self.t0) + (cb - hdr),
-            hdr + (t_end - t_proc),
-            t_end - self.t0,
+        // Each phase converted to ns on its own and the total as their sum,
+        // so that the rounding cannot make them disagree.
+        let mut phases = [
+            to_ns(t_load - t_body),
+            to_ns((t_proc - t_load) - cb),
+            to_ns((t_body - self.t0) + (cb - hdr)),
+            to_ns(hdr + (t_end - t_proc)),
+            0,
         ];
+        phases[P_TOTAL] = phases[P_LOAD] + phases[P_SCRIPT] + phases[P_CALLBACKS] + phases[P_OUTPUT];
         let status = if rc == sys::OK as c_int || rc == sys::DONE { (*r).status } else { rc };
         let class = ((status / 100) as usize).clamp(1, 5) - 1;
         let row = &*self.rows.add(self.slot);
-        bump(&row.ended, 1);
         bump(&row.class[class], 1);
         bump(&row.bytes_out, (*r).bytes_sent.max(0) as u64);
         if self.bytes_in != 0 {
@@ -274,16 +274,19 @@ impl Req {
         if self.quarantined {
             bump(&row.quarantined, 1);
         }
+        // The total's sum is the sum of the phases' (the reader adds them).
         for (p, &ns) in phases.iter().enumerate() {
             bump(&row.hist[p][segment::bucket(ns)], 1);
-            bump(&row.sum_ns[p], ns);
+            if p != P_TOTAL {
+                bump(&row.sum_ns[p], ns);
+            }
         }
         let f = (*r).filename;
         probes::phase_load(f, phases[P_LOAD]);
+        probes::phase_script(f, phases[P_SCRIPT]);
         probes::phase_callbacks(f, phases[P_CALLBACKS]);
         probes::phase_output(f, phases[P_OUTPUT]);
         probes::request_end(f, status as i64, phases[P_TOTAL]);
-        let _ = P_SCRIPT;
     }
 }
 
@@ -332,11 +335,20 @@ pub fn slot_for(path: &CStr) -> u32 {
 }
 
 pub fn loaded(slot: u32, path: &CStr) {
+    discard_callback_time();
     if let Some(s) = seg() {
         s.events(slot as usize).loads.fetch_add(1, Ordering::Relaxed);
         s.procs(proc_slot()).loads.fetch_add(1, Ordering::Relaxed);
     }
     probes::load(path.as_ptr());
+}
+
+/// Callback time of initfunc belongs to the load, not to processfunc: it is
+/// dropped once the load is done.
+fn discard_callback_time() {
+    let mut hdr = 0;
+    // SAFETY: reads and zeroes two thread-locals in shim.c.
+    unsafe { libcgi_cb_take(&mut hdr) };
 }
 
 pub fn reloaded(path: &CStr) {
@@ -359,20 +371,10 @@ pub fn quarantined(path: &CStr) {
     }
 }
 
-/// Apache's header parser ran for `ns` (called from request.rs).
+/// Apache's header parser has just run (called from request.rs): shim.c
+/// adds its time to the thread's header time if it ran inside a callback.
 #[inline]
-pub fn header_parse_done(t0: u64) {
-    if t0 != 0 {
-        // SAFETY: adds to a thread-local in shim.c.
-        unsafe { libcgi_hdr_add(now_ns().saturating_sub(t0)) };
-    }
-}
-
-#[inline]
-pub fn header_parse_start() -> u64 {
-    if seg().is_some() {
-        now_ns()
-    } else {
-        0
-    }
+pub fn header_parse_done() {
+    // SAFETY: adds to a thread-local in shim.c.
+    unsafe { libcgi_hdr_done() };
 }

@@ -177,7 +177,6 @@ pub fn take(s: &Seg) -> Snapshot {
                 let row = s.row(w, slot);
                 let mut c = Counters {
                     requests: r(&row.started),
-                    ended: r(&row.ended),
                     quarantined: r(&row.quarantined),
                     bytes_in: r(&row.bytes_in),
                     bytes_out: r(&row.bytes_out),
@@ -186,11 +185,14 @@ pub fn take(s: &Seg) -> Snapshot {
                 for k in 0..5 {
                     c.class[k] = r(&row.class[k]);
                 }
+                c.ended = c.class.iter().sum();
                 let sc = &mut scripts[slot];
                 sc.c.add(&c);
                 procs[w / s.threads].c.add(&c);
                 for p in 0..5 {
-                    let mut h = Hist { sum_ns: r(&row.sum_ns[p]), ..Default::default() };
+                    let sum =
+                        if p == P_TOTAL { (0..P_TOTAL).map(|q| r(&row.sum_ns[q])).sum() } else { r(&row.sum_ns[p]) };
+                    let mut h = Hist { sum_ns: sum, ..Default::default() };
                     for b in 0..NB {
                         h.buckets[b] = r(&row.hist[p][b]);
                     }
