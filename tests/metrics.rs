@@ -220,6 +220,9 @@ fn exact_counters(mpm: Mpm) {
     assert_eq!(u(&ra["unloads"]) as usize, log.matches("/a.so: unloaded").count(), "{ra}");
     assert!(u(&ra["loads"]) > pids.len() as u64, "a process that faulted loads again: {ra}");
     assert_eq!(ra["last_fault"]["signal"], 11, "{ra}");
+    assert_eq!(ra["last_fault"]["address"], "0x0", "the segv script writes to address 0: {ra}");
+    let fault_pid = u(&ra["last_fault"]["pid"]) as u32;
+    assert!(a.children().contains(&fault_pid), "the last fault names a server process: {fault_pid}");
     assert_eq!(u(&ra["latency"]["total"]["count"]), a_requests);
 
     let rb = row(&j, "b.so");

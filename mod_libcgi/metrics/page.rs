@@ -238,8 +238,13 @@ fn json_script(o: &mut String, sc: &snapshot::Script) {
     let _ = write!(o, "{{\"script\":{},\"other\":{},", esc_json(sc.label()), sc.other);
     json_counters(o, &sc.c);
     match sc.last_fault {
-        Some((t, sig, pid)) => {
-            let _ = write!(o, ",\"last_fault\":{{\"time\":{},\"signal\":{sig},\"pid\":{pid}}}", num(t as f64 / 1e6));
+        Some((t, sig, pid, addr)) => {
+            let _ = write!(
+                o,
+                ",\"last_fault\":{{\"time\":{},\"signal\":{sig},\"pid\":{pid},\"address\":{}}}",
+                num(t as f64 / 1e6),
+                if addr != u64::MAX { format!("\"{addr:#x}\"") } else { "null".into() }
+            );
         }
         None => o.push_str(",\"last_fault\":null"),
     }
@@ -541,8 +546,9 @@ pub fn html(s: &Snapshot) -> String {
         for v in sc.c.faults {
             let _ = write!(o, "<td>{v}</td>");
         }
-        let last = sc.last_fault.map_or("-".to_string(), |(t, sig, pid)| {
-            format!("signal {sig} in pid {pid}, {:.0} s ago", (s.now_us.saturating_sub(t)) as f64 / 1e6)
+        let last = sc.last_fault.map_or("-".to_string(), |(t, sig, pid, addr)| {
+            let at = if addr != u64::MAX { format!(" at {addr:#x}") } else { String::new() };
+            format!("signal {sig}{at} in pid {pid}, {:.0} s ago", (s.now_us.saturating_sub(t)) as f64 / 1e6)
         });
         let _ = writeln!(
             o,

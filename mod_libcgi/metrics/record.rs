@@ -212,6 +212,9 @@ impl Req {
                 e.last_fault_us.store(now as u64, Ordering::Relaxed);
                 e.last_fault_signal.store(out.signo as u64, Ordering::Relaxed);
                 e.last_fault_pid.store(pid as u64, Ordering::Relaxed);
+                let synchronous =
+                    out.si_code > 0 && matches!(out.signo, libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL);
+                e.last_fault_addr.store(if synchronous { out.addr as u64 } else { u64::MAX }, Ordering::Relaxed);
                 probes::fault(path.as_ptr(), out.signo as i64);
             }
             guard::TIMEOUT => {

@@ -122,6 +122,8 @@ pub struct Events {
     pub last_fault_us: AtomicU64,
     pub last_fault_signal: AtomicU64,
     pub last_fault_pid: AtomicU64,
+    /// The faulting address, where the kernel gives one (u64::MAX otherwise).
+    pub last_fault_addr: AtomicU64,
 }
 
 /// Rare events per server process slot.

@@ -112,8 +112,8 @@ pub struct Script {
     pub other: bool,
     pub c: Counters,
     pub h: [Hist; 5],
-    /// (apr time in us, signal, pid)
-    pub last_fault: Option<(u64, u64, u64)>,
+    /// (apr time in us, signal, pid, address or 0)
+    pub last_fault: Option<(u64, u64, u64, u64)>,
 }
 
 impl Script {
@@ -217,7 +217,7 @@ pub fn take(s: &Seg) -> Snapshot {
         sc.c.recycles = r(&e.recycles);
         let t = r(&e.last_fault_us);
         if t != 0 {
-            sc.last_fault = Some((t, r(&e.last_fault_signal), r(&e.last_fault_pid)));
+            sc.last_fault = Some((t, r(&e.last_fault_signal), r(&e.last_fault_pid), r(&e.last_fault_addr)));
         }
     }
     for p in procs.iter_mut() {
