@@ -535,6 +535,46 @@ fn server_status(mpm: Mpm) {
     assert!(r.text().contains("LibCGIRequests: 1"), "{}", r.text());
 }
 
+/// bpftrace attaches to a running server process and sees the probes fire.
+#[test]
+fn bpftrace_sees_the_probes() {
+    let a = server(Mpm::Event, 1, 4, "");
+    install(&a, "a.so", &[]);
+    ok(&a, "/libcgi-bin/a.so");
+    let pid = *a.children().first().expect("a server process");
+    // The module as the server process sees it (bpftrace resolves the path
+    // in that process's mount namespace).
+    let module = if docker_image().is_some() { Path::new(MODULES).join("mod_libcgi.so") } else { module_path() };
+    let m = module.display();
+    let prog = format!(
+        "BEGIN {{ printf(\"ready\\n\"); }}\n\
+         usdt:{m}:libcgi:request__end {{ printf(\"end %s %d %d\\n\", str(arg0), arg1, arg2 > 0); }}\n\
+         usdt:{m}:libcgi:fault {{ printf(\"fault %s %d\\n\", str(arg0), arg1); exit(); }}"
+    );
+    let mut child = Command::new("timeout")
+        .args(["60", "bpftrace", "-p", &pid.to_string(), "-e", &prog])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bpftrace (Debian package bpftrace, scripts/install-deps.sh)");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    while line.trim() != "ready" {
+        line.clear();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "bpftrace ended before attaching: {:?}", child.wait_with_output().map(|o| o.stderr));
+    }
+    ok(&a, "/libcgi-bin/a.so");
+    assert_eq!(a.get("/libcgi-bin/a.so?segv").status, 500);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    let path = a.bin.join("a.so");
+    assert!(rest.contains(&format!("end {} 200 1", path.display())), "request__end with status and time: {rest}");
+    assert!(rest.contains(&format!("fault {} 11", path.display())), "fault with the signal: {rest}");
+}
+
 #[test]
 fn probes_are_listed() {
     let out = Command::new("readelf").arg("-n").arg(module_path()).output().expect("readelf (binutils)");
