@@ -535,6 +535,33 @@ fn server_status(mpm: Mpm) {
     assert!(r.text().contains("LibCGIRequests: 1"), "{}", r.text());
 }
 
+/// HTTP/2: mod_http2 runs the streams of one connection on its own threads,
+/// all with the connection's scoreboard handle; the counts stay exact.
+fn http2_streams(mpm: Mpm) {
+    let a = server(
+        mpm,
+        1,
+        8,
+        &format!(
+            "LoadModule http2_module {MODULES}/mod_http2.so\nProtocols h2c http/1.1\nH2MinWorkers 8\nH2MaxWorkers 8"
+        ),
+    );
+    install(&a, "a.so", &[]);
+    let n = 3000;
+    // h2load (nghttp2-client): one connection, 100 streams at a time.
+    let out = Command::new("h2load")
+        .args(["-n", &n.to_string(), "-c", "1", "-m", "100"])
+        .arg(a.url("/libcgi-bin/a.so"))
+        .output()
+        .expect("h2load (Debian package nghttp2-client, scripts/install-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("status codes: {n} 2xx")), "every request answered over HTTP/2: {text}");
+    let j = idle(&a);
+    assert_eq!(u(&row(&j, "a.so")["requests"]), n as u64);
+    assert_eq!(u(&row(&j, "a.so")["responses"]["2xx"]), n as u64);
+    assert_eq!(u(&row(&j, "a.so")["latency"]["total"]["count"]), n as u64);
+}
+
 /// bpftrace attaches to a running server process and sees the probes fire.
 #[test]
 fn bpftrace_sees_the_probes() {
@@ -623,4 +650,4 @@ fn slots_directive_is_checked() {
 }
 
 per_mpm!(exact_counters, formats, latency, restarts);
-prefork_and_event_extra!(full_table, server_status, load_and_quarantine_events);
+prefork_and_event_extra!(full_table, server_status, load_and_quarantine_events, http2_streams);

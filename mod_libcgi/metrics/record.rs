@@ -65,6 +65,10 @@ pub struct Req {
     slot_known: bool,
     worker: usize,
     quarantined: bool,
+    /// The row may be written by other threads at the same time: an
+    /// HTTP/2 stream (mod_http2 runs the streams of a connection on its own
+    /// threads, all with the connection's scoreboard handle).  Atomic adds.
+    shared: bool,
 }
 
 impl Req {
@@ -86,9 +90,15 @@ impl Req {
             slot_known: false,
             worker: 0,
             quarantined: false,
+            shared: false,
         };
         let Some(s) = seg() else { return m };
-        let sbh = (*(*r).connection).sbh as *const SbHandle;
+        let c = (*r).connection;
+        if !(*c).master.is_null() {
+            m.start_secondary(s, r);
+            return m;
+        }
+        let sbh = (*c).sbh as *const SbHandle;
         if sbh.is_null() {
             return m;
         }
@@ -96,10 +106,43 @@ impl Req {
         if child >= s.servers || thread >= s.threads {
             return m;
         }
-        if PROC_SLOT.load(Ordering::Relaxed) < 0 && !first_request(s, (*r).connection, child, thread) {
+        if PROC_SLOT.load(Ordering::Relaxed) < 0 && !first_request(s, c, child, thread) {
             return m;
         }
         m.worker = child * s.threads + thread;
+        m.begin(s, r);
+        m
+    }
+
+    /// A request on a secondary connection (an HTTP/2 stream): its thread
+    /// has no scoreboard slot of its own, so it writes its process's shared
+    /// block, with atomic adds.
+    #[cold]
+    #[inline(never)]
+    unsafe fn start_secondary(&mut self, s: &Seg, r: *mut sys::request_rec) {
+        let server = match PROC_SLOT.load(Ordering::Relaxed) {
+            p if p >= 0 => p as usize,
+            _ => {
+                let mut c = (*r).connection;
+                while !(*c).master.is_null() {
+                    c = (*c).master;
+                }
+                let sbh = (*c).sbh as *const SbHandle;
+                if sbh.is_null() || (*sbh).child_num as usize >= s.servers {
+                    return;
+                }
+                PROC_SLOT.store((*sbh).child_num as i64, Ordering::Relaxed);
+                (*sbh).child_num as usize
+            }
+        };
+        self.worker = s.shared_block(server);
+        self.shared = true;
+        self.begin(s, r);
+    }
+
+    #[inline(always)]
+    unsafe fn begin(&mut self, s: &Seg, r: *mut sys::request_rec) {
+        let m = self;
         m.rows = s.rows_of(m.worker);
         m.used = s.used(m.worker).as_ptr();
         m.slot = s.slots;
@@ -109,7 +152,6 @@ impl Req {
         m.t0 = now_ns();
         m.t_body = m.t0;
         probes::request_start((*r).filename);
-        m
     }
 
     #[inline]
@@ -143,10 +185,15 @@ impl Req {
         // SAFETY: the slot index is at most `slots` (segment::slot_for), and
         // this thread's rows are written only by this thread.
         let row = unsafe { &*self.rows.add(slot) };
-        bump(&row.started, 1);
         // SAFETY: the bitmap has a bit for every slot up to `slots`.
         let used = unsafe { &*self.used.add(slot / 64) };
         let bit = 1u64 << (slot % 64);
+        if self.shared {
+            row.started.fetch_add(1, Ordering::Relaxed);
+            used.fetch_or(bit, Ordering::Relaxed);
+            return;
+        }
+        bump(&row.started, 1);
         let u = used.load(Ordering::Relaxed);
         if u & bit == 0 {
             used.store(u | bit, Ordering::Relaxed);
@@ -243,6 +290,27 @@ impl Req {
         if !self.on() {
             return;
         }
+        if self.shared {
+            return self.end_shared(r, rc);
+        }
+        self.record::<false>(r, rc);
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn end_shared(&mut self, r: *mut sys::request_rec, rc: c_int) {
+        self.record::<true>(r, rc);
+    }
+
+    #[inline(always)]
+    unsafe fn record<const SHARED: bool>(&mut self, r: *mut sys::request_rec, rc: c_int) {
+        let bump = |c: &AtomicU64, n: u64| {
+            if SHARED {
+                c.fetch_add(n, Ordering::Relaxed);
+            } else {
+                bump(c, n)
+            }
+        };
         let t_end = now_ns();
         if !self.slot_known {
             // Refused before a script file was identified: "other".
@@ -378,6 +446,8 @@ pub fn quarantined(path: &CStr) {
 /// adds its time to the thread's header time if it ran inside a callback.
 #[inline]
 pub fn header_parse_done() {
-    // SAFETY: adds to a thread-local in shim.c.
-    unsafe { libcgi_hdr_done() };
+    if seg().is_some() {
+        // SAFETY: adds to a thread-local in shim.c.
+        unsafe { libcgi_hdr_done() };
+    }
 }

@@ -9,8 +9,12 @@
 //! | names   | slots                            | the first process to see a script (CAS) |
 //! | events  | slots + 1 ("other")              | rare events, atomic add |
 //! | procs   | server limit + 1                 | rare events, atomic add |
-//! | used    | workers x ceil((slots+1)/512) lines | the worker thread only |
-//! | rows    | workers x (slots + 1)            | the worker thread only |
+//! | used    | blocks x ceil((slots+1)/512) lines | the worker thread only |
+//! | rows    | blocks x (slots + 1)             | the worker thread only |
+//!
+//! `blocks` is one per worker thread plus one per process for HTTP/2
+//! streams (mod_http2 runs them on its own threads, which all carry the
+//! connection's scoreboard handle): those are written with atomic adds.
 //!
 //! `workers` is ServerLimit x ThreadLimit (the scoreboard's own shape, from
 //! ap_mpm_query): a worker thread owns the rows of its scoreboard slot, so
@@ -168,7 +172,10 @@ impl Seg {
     pub fn layout(slots: usize, servers: usize, threads: usize) -> Seg {
         let rows_per_worker = slots + 1;
         let used_words = up64(rows_per_worker.div_ceil(64) * 8) / 8;
-        let workers = servers * threads;
+        // One block of rows per worker thread, and one per server process
+        // for requests whose thread has no scoreboard slot of its own (HTTP/2
+        // streams, on mod_http2's threads), written with atomic adds.
+        let workers = servers * threads + servers;
         let mut off = up64(std::mem::size_of::<Header>());
         let names = off;
         off += slots * std::mem::size_of::<Name>();
@@ -233,8 +240,22 @@ impl Seg {
         // SAFETY: in bounds of the rows part (worker < servers x threads).
         unsafe { self.base.add(self.rows + worker * (self.slots + 1) * std::mem::size_of::<Row>()) as *const Row }
     }
-    pub fn workers(&self) -> usize {
-        self.servers * self.threads
+    /// Row blocks: the worker threads', then one shared block per process.
+    pub fn blocks(&self) -> usize {
+        self.servers * self.threads + self.servers
+    }
+    /// The server process a row block belongs to.
+    pub fn server_of(&self, block: usize) -> usize {
+        let w = self.servers * self.threads;
+        if block < w {
+            block / self.threads
+        } else {
+            block - w
+        }
+    }
+    /// The shared block of a server process.
+    pub fn shared_block(&self, server: usize) -> usize {
+        self.servers * self.threads + server
     }
 
     /// Fills a fresh (or reset) segment's header and zeroes the rest.

@@ -165,7 +165,7 @@ pub fn take(s: &Seg) -> Snapshot {
         })
         .collect();
     let mut procs: Vec<Proc> = (0..s.servers).map(|i| Proc { slot: i, ..Default::default() }).collect();
-    for w in 0..s.workers() {
+    for w in 0..s.blocks() {
         for (wi, word) in s.used(w).iter().enumerate() {
             let mut bits = word.load(Ordering::Relaxed);
             while bits != 0 {
@@ -188,7 +188,7 @@ pub fn take(s: &Seg) -> Snapshot {
                 c.ended = c.class.iter().sum();
                 let sc = &mut scripts[slot];
                 sc.c.add(&c);
-                procs[w / s.threads].c.add(&c);
+                procs[s.server_of(w)].c.add(&c);
                 for p in 0..5 {
                     let sum =
                         if p == P_TOTAL { (0..P_TOTAL).map(|q| r(&row.sum_ns[q])).sum() } else { r(&row.sum_ns[p]) };
