@@ -535,6 +535,41 @@ fn server_status(mpm: Mpm) {
     assert!(r.text().contains("LibCGIRequests: 1"), "{}", r.text());
 }
 
+/// Requests in flight while they run; a recycle after a fault; rows of a
+/// script that is gone stay.
+fn in_flight_and_recycle(mpm: Mpm) {
+    // Prefork: a second process to answer the status page meanwhile.
+    let a = server(mpm, 2, 4, "LibCGIFaultAction recycle\nLibCGIMaxFaults 0 1");
+    let script = install(&a, "a.so", &[]);
+    let port = a.port;
+    let slow = std::thread::spawn(move || Request::get("/libcgi-bin/a.so?sleep=1500").send(port));
+    let j = wait_for("a request in flight", Duration::from_secs(10), || {
+        let j = status_json(&a);
+        let busy = j["scripts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["script"].as_str().unwrap().ends_with("/a.so") && u(&s["in_flight"]) == 1);
+        busy.then_some(j)
+    });
+    assert_eq!(u(&j["totals"]["in_flight"]), 1);
+    assert_eq!(j["processes"].as_array().unwrap().iter().map(|p| u(&p["in_flight"])).sum::<u64>(), 1);
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(u(&idle(&a)["totals"]["in_flight"]), 0);
+
+    assert_eq!(a.get("/libcgi-bin/a.so?segv").status, 500);
+    a.wait_log("the recycle", |l| l.contains("recycling this server process"));
+    let j = idle(&a);
+    assert_eq!(u(&row(&j, "a.so")["recycles"]), 1, "{j}");
+
+    // The file goes: its row stays, the request counts as other (404).
+    fs::remove_file(&script).unwrap();
+    assert_eq!(a.get("/libcgi-bin/a.so").status, 404);
+    let j = idle(&a);
+    assert_eq!(u(&row(&j, "a.so")["requests"]), 2);
+    assert_eq!(u(&other(&j)["responses"]["4xx"]), 1);
+}
+
 /// HTTP/2: mod_http2 runs the streams of one connection on its own threads,
 /// all with the connection's scoreboard handle; the counts stay exact.
 fn http2_streams(mpm: Mpm) {
@@ -650,4 +685,4 @@ fn slots_directive_is_checked() {
 }
 
 per_mpm!(exact_counters, formats, latency, restarts);
-prefork_and_event_extra!(full_table, server_status, load_and_quarantine_events, http2_streams);
+prefork_and_event_extra!(full_table, server_status, load_and_quarantine_events, http2_streams, in_flight_and_recycle);

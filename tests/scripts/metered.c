@@ -35,7 +35,8 @@ int processfunc(char *input)
 {
     const char *v;
     if ((v = arg("sleep"))) {
-        struct timespec ts = { 0, atol(v) * 1000000L };
+        long ms = atol(v);
+        struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
         nanosleep(&ts, NULL);
     }
     if (arg("segv"))
