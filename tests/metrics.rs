@@ -456,6 +456,61 @@ fn restarts(mpm: Mpm) {
     assert_eq!(u(&row(&status_json(&a), "a.so")["requests"]), 1);
 }
 
+/// Many clients at once on every worker thread: no count is lost (each
+/// thread writes only its own row, without a lock).
+fn concurrent_exact(mpm: Mpm) {
+    let a = server(mpm, 2, 4, "");
+    install(&a, "a.so", &[]);
+    install(&a, "b.so", &[]);
+    let (clients, each) = (8, 150);
+    let port = a.port;
+    let hs: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    let p = if (c + i) % 3 == 0 { "/libcgi-bin/b.so" } else { "/libcgi-bin/a.so" };
+                    assert_eq!(Request::get(p).send(port).status, 200);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let total = (clients * each) as u64;
+    let b = (0..clients).map(|c| (0..each).filter(|i| (c + i) % 3 == 0).count()).sum::<usize>() as u64;
+    let j = idle(&a);
+    assert_eq!(u(&row(&j, "a.so")["requests"]), total - b);
+    assert_eq!(u(&row(&j, "b.so")["requests"]), b);
+    assert_eq!(u(&row(&j, "a.so")["responses"]["2xx"]) + u(&row(&j, "b.so")["responses"]["2xx"]), total);
+    assert_eq!(u(&j["totals"]["latency"]["total"]["count"]), total);
+    let procs = j["processes"].as_array().unwrap();
+    assert_eq!(procs.iter().map(|p| u(&p["requests"])).sum::<u64>(), total);
+}
+
+/// A LibCGIStatusSlots changed at a graceful restart takes a new segment of
+/// the new size; the server goes on.
+fn slots_changed_at_graceful(mpm: Mpm) {
+    let a = server(mpm, 1, 4, "LibCGIStatusSlots 4");
+    install(&a, "a.so", &[]);
+    ok(&a, "/libcgi-bin/a.so");
+    assert_eq!(u(&status_json(&a)["server"]["slots"]), 4);
+    let conf = a.dir.join("httpd.conf");
+    let text = fs::read_to_string(&conf).unwrap().replace("LibCGIStatusSlots 4", "LibCGIStatusSlots 8");
+    fs::write(&conf, text).unwrap();
+    a.graceful();
+    a.wait_log("the notice", |l| l.contains("LibCGIStatusSlots or the MPM's limits changed"));
+    let j = wait_for("the new segment", Duration::from_secs(20), || {
+        let r = Request::get("/libcgi-status?json").send(a.port);
+        let j: Value = serde_json::from_slice(&r.body).ok()?;
+        (u(&j["server"]["slots"]) == 8).then_some(j)
+    });
+    assert_eq!(u(&j["totals"]["requests"]), 0, "{j}");
+    ok(&a, "/libcgi-bin/a.so");
+    assert_eq!(u(&row(&status_json(&a), "a.so")["requests"]), 1);
+    assert!(dead_children(&a.error_log()).is_empty());
+}
+
 fn full_table(mpm: Mpm) {
     let a = server(mpm, 1, 4, "LibCGIStatusSlots 2");
     for i in 0..4 {
@@ -684,5 +739,12 @@ fn slots_directive_is_checked() {
     let _ = Path::new("");
 }
 
-per_mpm!(exact_counters, formats, latency, restarts);
-prefork_and_event_extra!(full_table, server_status, load_and_quarantine_events, http2_streams, in_flight_and_recycle);
+per_mpm!(exact_counters, formats, latency, restarts, concurrent_exact);
+prefork_and_event_extra!(
+    full_table,
+    server_status,
+    load_and_quarantine_events,
+    http2_streams,
+    in_flight_and_recycle,
+    slots_changed_at_graceful
+);
