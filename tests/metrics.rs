@@ -409,7 +409,10 @@ fn latency(mpm: Mpm) {
     };
     assert!(share(s, "script") > 0.9, "{s}");
     let g = row(&j, "g.so");
-    assert!(share(g, "callbacks") > 0.5, "getenv time counted as callbacks: {g}");
+    // Medians, not sums: on a shared machine one preempted request can put
+    // tens of ms anywhere.
+    let p50 = |sc: &Value, p: &str| sc["latency"][p]["p50"].as_f64().unwrap();
+    assert!(p50(g, "callbacks") > 2.0 * p50(g, "script"), "getenv time counted as callbacks: {g}");
     // The first request of each paid the load.
     assert!(share(s, "load") < 0.1);
     assert!(s["latency"]["load"]["buckets"].as_array().unwrap().iter().map(u).sum::<u64>() == n + 1);
