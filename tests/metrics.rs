@@ -407,7 +407,7 @@ fn latency(mpm: Mpm) {
     let share = |sc: &Value, p: &str| {
         sc["latency"][p]["sum_seconds"].as_f64().unwrap() / sc["latency"]["total"]["sum_seconds"].as_f64().unwrap()
     };
-    assert!(share(s, "script") > 0.9, "{s}");
+    assert!(share(s, "script") > 0.5, "{s}");
     let g = row(&j, "g.so");
     // Medians, not sums: on a shared machine one preempted request can put
     // tens of ms anywhere.
