@@ -33,36 +33,36 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A free slot, one whose worker has `want`'s identity if there is one.
-fn claim<'a>(seg: &'a Segment, want: Ident) -> Option<Held<'a>> {
+/// A free slot: the worker that already runs this script, else a fresh
+/// worker of the right identity, else any free one, whose worker the manager
+/// then replaces.
+fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
     let deadline = Instant::now() + CLAIM_WAIT;
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
-        let mut any = None;
+        let (mut fresh, mut other) = (None, None);
         for i in 0..seg.nslots() {
             // SAFETY: slots live as long as the segment; `owner` decides who
             // may write the rest of it.
-            let s = unsafe { &mut *seg.slot(i) };
+            let s = unsafe { &*seg.slot(i) };
             if s.owner.load(Ordering::Relaxed) != 0 {
                 continue;
             }
-            if s.have == want && s.pid.load(Ordering::Relaxed) > 0 {
-                if s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                    return Some(Held { seg, slot: s });
+            let live = s.have == want && s.pid.load(Ordering::Relaxed) > 0;
+            if live && s.script == script {
+                if let Some(h) = take(seg, i, want, false) {
+                    return Some(h);
                 }
-            } else if any.is_none() {
-                any = Some(i);
+            } else if live && s.script == 0 {
+                fresh = fresh.or(Some(i));
+            } else {
+                other = other.or(Some(i));
             }
         }
-        if let Some(i) = any {
-            // SAFETY: as above.
-            let s = unsafe { &mut *seg.slot(i) };
-            if s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                // The wrong identity: the manager replaces the worker.
-                s.want = want;
-                s.kill.store(1, Ordering::Release);
-                transport::ring(&seg.header().doorbell);
-                return Some(Held { seg, slot: s });
+        for (i, replace) in [(fresh, false), (other, true)] {
+            if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
+                h.slot.script = script;
+                return Some(h);
             }
         }
         if Instant::now() >= deadline {
@@ -70,6 +70,29 @@ fn claim<'a>(seg: &'a Segment, want: Ident) -> Option<Held<'a>> {
         }
         transport::wait(&seg.header().released, seen, Some(deadline));
     }
+}
+
+fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>> {
+    // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
+    let s = unsafe { &mut *seg.slot(i) };
+    s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+    if replace {
+        s.want = want;
+        if s.pid.load(Ordering::Acquire) > 0 {
+            // The server thread waits until the new worker is IDLE.
+            let _ = s.state.compare_exchange(transport::IDLE, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+            s.kill.store(1, Ordering::Release);
+        }
+        transport::ring(&seg.header().doorbell);
+    }
+    Some(Held { seg, slot: s })
+}
+
+fn script_key(path: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish() | 1
 }
 
 /// Appends `b` and a NUL at `at`; false when it does not fit.
@@ -97,7 +120,7 @@ pub unsafe fn run(
     want: Ident,
 ) -> c_int {
     let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
-    let Some(held) = claim(seg, want) else {
+    let Some(held) = claim(seg, want, script_key(CStr::from_ptr((*r).filename).to_bytes())) else {
         log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: no isolated worker free within {CLAIM_WAIT:?}"));
         return HTTP_SERVICE_UNAVAILABLE;
     };

@@ -182,5 +182,6 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
         worker::run(seg, s as *mut Slot, ident);
     }
     s.have = ident;
+    s.script = 0;
     s.pid.store(pid, Ordering::Release);
 }

@@ -84,6 +84,10 @@ pub struct Slot {
     pub died: AtomicI32,
     pub want: Ident,
     pub have: Ident,
+    /// The one script this worker has run (a hash of its path), 0 for a
+    /// fresh worker: a worker never serves two scripts, so a script that
+    /// corrupts its worker's memory corrupts only itself.
+    pub script: u64,
     pub op: u32,
     pub arg: i32,
     pub rc: i32,
