@@ -227,7 +227,33 @@ fn kill_worker_under_load(mpm: Mpm) {
     assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
 }
 
+/// LibCGIIsolationUser and LibCGIIsolationLimits take effect in the worker;
+/// `adaptive` is a clear configuration error (phase 2).
+fn user_and_limits(mpm: Mpm) {
+    let a = server(mpm, "  LibCGIIsolationUser nobody nogroup\n  LibCGIIsolationLimits 1024 30 64");
+    let id = |n: &str| -> u32 {
+        let o = std::process::Command::new("id").arg(n).arg("nobody").output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    let t = get_ok(&a, "/libcgi-bin/iso.so?mode=id").text();
+    let gid = {
+        let o = std::process::Command::new("getent").args(["group", "nogroup"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).split(':').nth(2).unwrap().trim().parse::<u32>().unwrap()
+    };
+    assert_eq!(t, format!("uid={} gid={gid} as={} cpu=30 nofile=64", id("-u"), 1024u64 << 20), "{}", a.error_log());
+    let o = std::process::Command::new(APACHE_BIN)
+        .arg("-t")
+        .arg("-f")
+        .arg(a.dir.join("httpd.conf"))
+        .args(["-c", "LibCGIIsolation adaptive"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("LibCGIIsolation adaptive is not implemented yet"), "{err}");
+}
+
 prefork_and_event!(
+    user_and_limits,
     runs_in_a_worker,
     faults_cost_the_worker,
     scribbler_hurts_only_itself,

@@ -4,6 +4,7 @@
  *                   anonymous memory (heap, stacks, anonymous mappings)
  *   mode=scribble   writes garbage over this process's heap, then returns
  *   mode=envlib     getenv through a function pointer libc hands out
+ *   mode=id         uid, gid and the address-space, CPU and open-file limits
  *   otherwise       "iso pid=<pid>"
  */
 #define _GNU_SOURCE
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <sys/resource.h>
 
 static const char *arg(const char *name)
 {
@@ -103,6 +105,15 @@ int processfunc(char *input)
     if (mode && strcmp(mode, "envlib") == 0) {
         char *(*g)(const char *) = (char *(*)(const char *))dlsym(RTLD_DEFAULT, "getenv");
         lprintf("QUERY_STRING=%s", g ? g("QUERY_STRING") : "(no getenv)");
+        return 0;
+    }
+    if (mode && strcmp(mode, "id") == 0) {
+        struct rlimit as, cpu, nofile;
+        getrlimit(RLIMIT_AS, &as);
+        getrlimit(RLIMIT_CPU, &cpu);
+        getrlimit(RLIMIT_NOFILE, &nofile);
+        lprintf("uid=%d gid=%d as=%lld cpu=%lld nofile=%lld", (int)getuid(), (int)getgid(), (long long)as.rlim_cur,
+                (long long)cpu.rlim_cur, (long long)nofile.rlim_cur);
         return 0;
     }
     lprintf("iso pid=%ld", (long)getpid());
