@@ -233,6 +233,12 @@ pub unsafe fn run(
             }
             transport::OP_DONE => {
                 let rc = s.rc;
+                let pid = s.pid.load(Ordering::Relaxed);
+                if s.loaded != 0 {
+                    log::rlog!(r, APLOG_DEBUG, "{name}: loaded in isolated worker {pid}");
+                }
+                let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
+                log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
                 let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
                 // Bad output unloads the script, as in process.
                 s.arg = i32::from(bad);

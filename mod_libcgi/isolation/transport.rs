@@ -98,6 +98,9 @@ pub struct Slot {
     /// OP_REQ: the identity of the script file (dev, ino, size, mtime, ctime).
     pub file: [i64; 5],
     pub served: AtomicU64,
+    /// OP_DONE: the worker loaded the script for this request (for the
+    /// debug log, which only the server writes).
+    pub loaded: u32,
     pub data: [u8; DATA],
 }
 

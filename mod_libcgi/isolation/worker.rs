@@ -317,7 +317,9 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     if scripts.get(&key).is_some_and(|l| l.file != file) {
         scripts.remove(&key);
     }
+    (*c.slot).loaded = 0;
     if !scripts.contains_key(&key) {
+        (*c.slot).loaded = 1;
         match load(&path, file) {
             Ok(l) => {
                 scripts.insert(key.clone(), l);
