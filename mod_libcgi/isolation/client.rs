@@ -167,6 +167,7 @@ pub unsafe fn run(
     s.total = input_len as u64;
     s.has_body = u32::from(!input.is_null());
     s.file = file;
+    s.phase.store(0, Ordering::Relaxed);
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;
@@ -262,7 +263,7 @@ pub unsafe fn run(
 /// The worker died in the call (or was killed at its deadline).
 #[cold]
 #[inline(never)]
-unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, cfg: &Settings, what: &str) -> c_int {
+unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg: &Settings, what: &str) -> c_int {
     let req = &mut *req;
     let r = req.r;
     let st = s.died.load(Ordering::Acquire);
@@ -271,15 +272,15 @@ unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, cfg: 
     } else {
         format!("exit status {}", libc::WEXITSTATUS(st))
     };
+    let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
     let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
     transport::ring(&seg.header().doorbell);
     log::rerror(
         r,
         sys::APLOG_ERR,
         0,
-        &format!("{name}: processfunc {what} in its isolated worker ({how}); worker replaced"),
+        &format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced"),
     );
-    let _ = cfg;
     req.discard_body();
     if (*r).sent_bodyct == 0 {
         return HTTP_INTERNAL_SERVER_ERROR;

@@ -101,6 +101,9 @@ pub struct Slot {
     /// OP_DONE: the worker loaded the script for this request (for the
     /// debug log, which only the server writes).
     pub loaded: u32,
+    /// What the worker is running, for the message if it dies: 1 initfunc,
+    /// 2 processfunc.
+    pub phase: AtomicU32,
     pub data: [u8; DATA],
 }
 

@@ -320,6 +320,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     (*c.slot).loaded = 0;
     if !scripts.contains_key(&key) {
         (*c.slot).loaded = 1;
+        (*c.slot).phase.store(1, Ordering::Release);
         match load(&path, file) {
             Ok(l) => {
                 scripts.insert(key.clone(), l);
@@ -340,6 +341,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     }
     let process = scripts[&key].process;
     let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
+    (*c.slot).phase.store(2, Ordering::Release);
     let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None);
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
