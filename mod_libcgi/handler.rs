@@ -117,9 +117,18 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
             Ok(s) => s,
             Err(e) => return load_failed(r, name, e, &cfg),
         };
+        if script.serial.is_some() && script.code.running_here() {
+            // Its own lock is held below us on this thread: waiting would
+            // never end.
+            return refuse(
+                r,
+                sys::HTTP_LOOP_DETECTED as c_int,
+                format_args!("{name}: a subrequest into this script while it runs on the same thread (it is not thread-safe: libcgi_thread_safe)"),
+            );
+        }
         let out = {
             let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-            guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout)
+            guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout, &script.code)
         };
         (script, out)
     };
@@ -181,7 +190,7 @@ unsafe fn faulted(
 #[inline(never)]
 unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Settings) -> c_int {
     req.discard_body();
-    if cfg.recycle {
+    if cfg.recycle || guard::unsound() {
         recycle::schedule(r);
     }
     if (*r).sent_bodyct == 0 {
@@ -204,7 +213,7 @@ unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &
         return e.status;
     }
     log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {}", e.msg));
-    if e.fault && cfg.recycle {
+    if (e.fault && cfg.recycle) || guard::unsound() {
         recycle::schedule(r);
     }
     e.status
