@@ -409,7 +409,8 @@ impl Watchdog {
         unsafe {
             // Inside our callbacks (writing to a slow client, say) the
             // thread is bounded by Apache's own timeouts and jumps when the
-            // callback returns: no escalation.
+            // callback returns if the signal found it there: no escalation,
+            // and no signal that would only interrupt Apache's system calls.
             if libcgi_guard_depth(guard) == 0 {
                 if since >= STUCK_MS {
                     libcgi_last_resort(
@@ -420,8 +421,8 @@ impl Watchdog {
                 if since >= GRACE_MS {
                     libcgi_guard_force(guard);
                 }
+                libc::pthread_kill(d.thread, timer_signal());
             }
-            libc::pthread_kill(d.thread, timer_signal());
         }
         d.state.store(SIGNALLED, Ordering::Release);
     }
