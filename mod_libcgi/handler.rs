@@ -117,17 +117,26 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
             Ok(s) => s,
             Err(e) => return load_failed(r, name, e, &cfg),
         };
-        if script.serial.is_some() && script.code.running_here() {
-            // Its own lock is held below us on this thread: waiting would
-            // never end.
-            return refuse(
-                r,
-                sys::HTTP_LOOP_DETECTED as c_int,
-                format_args!("{name}: a subrequest into this script while it runs on the same thread (it is not thread-safe: libcgi_thread_safe)"),
-            );
-        }
         let out = {
-            let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+            // Tried first: a lock that is free costs what lock() costs, and
+            // only a busy one needs the check that it is not held by this
+            // very thread (a subrequest into the script that is running,
+            // e.g. an include of itself), where waiting would never end.
+            let _serial = match script.serial.as_ref().map(|m| (m, m.try_lock())) {
+                None => None,
+                Some((_, Ok(g))) => Some(g),
+                Some((_, Err(std::sync::TryLockError::WouldBlock))) if script.code.running_here() => {
+                    return refuse(
+                        r,
+                        sys::HTTP_LOOP_DETECTED as c_int,
+                        format_args!(
+                            "{name}: a subrequest into this script while it runs on the same thread \
+                             (it is not thread-safe: libcgi_thread_safe)"
+                        ),
+                    );
+                }
+                Some((m, Err(_))) => Some(m.lock().unwrap_or_else(|e| e.into_inner())),
+            };
             guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout, &script.code)
         };
         (script, out)

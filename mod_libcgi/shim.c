@@ -76,7 +76,6 @@ struct libcgi_guard {
     volatile sig_atomic_t timed_out; /* set by the watchdog before it signals */
     volatile sig_atomic_t pending;   /* timeout arrived inside a callback */
     volatile sig_atomic_t force;     /* set by the watchdog after the grace: jump even where unsafe */
-    volatile sig_atomic_t seen;      /* timer signals the handler acted on or deferred */
     volatile sig_atomic_t in_loader; /* the call is dlclose: any jump leaves the loader lock held */
     volatile sig_atomic_t mask_changed; /* the script changed the signal mask: restore `mask` at the end */
     sigset_t mask;
@@ -249,7 +248,6 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
 
     if (sig == timer_signo) {
         if (g && g->armed && g->timed_out) {
-            g->seen++;
             if (g->depth > 0) {
                 /* Inside our callback: jumping now could leave a lock of ours
                  * held.  The callback's wrapper jumps when it returns. */
@@ -672,7 +670,6 @@ int libcgi_call(void *fn, int how, char *arg, const struct libcgi_code *code, st
     /* timed_out is left to the disarm (libcgi_guard_reset): the watchdog may
      * still mark this call until then. */
     g->depth = 0;
-    g->in_loader = 0;
     *out = g->out;
     return out->kind;
 }

@@ -149,6 +149,9 @@ fn fault_inside_libc(mpm: Mpm) {
         l.contains("h.so: processfunc signal 6") || l.contains("h.so: the server process did not finish")
     });
     assert!(log.contains("double free or corruption"), "glibc's own message: {log}");
+    for l in log.lines().filter(|l| l.contains("libcgi") || l.contains("double free")) {
+        eprintln!("{l}");
+    }
     no_dead_children(&a);
 }
 
