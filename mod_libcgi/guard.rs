@@ -3,13 +3,20 @@
 //!
 //! The watchdog is one thread per server process that looks, every tick, at
 //! the deadline each server thread publishes for its call in progress.  A
-//! call costs two atomic stores and a read of the coarse clock (no lock, no
+//! call costs a load and two stores of its own atomic and a read of the coarse clock (no lock, no
 //! syscall, no cache line shared between server threads), where a per-call
 //! POSIX timer would cost two syscalls per request.  When a deadline passes,
-//! the watchdog marks that thread's guard and sends it the timer signal; the
-//! handler jumps back to the guard, or, if the thread is inside one of our
-//! callbacks, leaves a note that the callback's wrapper acts on when it
-//! returns.
+//! the watchdog marks that thread's guard and sends it the timer signal.  The
+//! handler jumps back to the guard only if the thread is executing the
+//! script's own code (`Code`, the script's executable segments): anywhere
+//! else (libc, the loader, Apache) a jump could leave a lock held, so it
+//! declines and the watchdog signals again every few milliseconds; inside
+//! one of our callbacks it leaves a note that the callback's wrapper acts on
+//! when it returns.  After a grace the next signal jumps wherever the thread
+//! is (the process is then recycled), and a thread that never acts on the
+//! signal makes the watchdog end the process (shim.c's last resort).  The
+//! same thread ends a process that a jump from unsafe code left unsound and
+//! that has not gone within a few seconds.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -337,6 +344,18 @@ pub fn start_watchdog() {
 
 impl Watchdog {
     fn run(&self) {
+        // Signals sent to the process (prefork's SIGTERM, SIGUSR1, SIGHUP)
+        // are for the MPM's own threads, which wait for them in accept or
+        // poll: never this one.
+        // SAFETY: plain signal-set calls on a local set.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGABRT, libc::SIGSYS] {
+                libc::sigdelset(&mut all, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
         loop {
             let now = now_ms();
             let doomed = unsafe { libcgi_doomed_at() };

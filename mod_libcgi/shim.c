@@ -31,7 +31,17 @@
  *
  * Faults while the thread is inside one of those callbacks are the server's
  * own: they go to the handler that was installed before ours (Apache's
- * sig_coredump), as do faults on threads that are not in a script.
+ * sig_coredump), as do faults on threads that are not in a script; the one
+ * exception is the stack running out below a script frame.
+ *
+ * A jump is safe only from the script's own code (struct libcgi_code): a
+ * jump out of libc, the loader or Apache can leave one of their locks held.
+ * A timeout therefore jumps only when the interrupted PC is the script's
+ * (the watchdog retries until it is, then, after a grace, forces it); a
+ * fault elsewhere, or any jump out of dlclose, is made anyway but marks the
+ * process unsound (doom): it is recycled, and the watchdog ends it if it
+ * has not gone within PROGRESS_MS.  Nothing between the jump and the return
+ * of libcgi_call allocates or takes a lock.
  * ====================================================================== */
 #include <errno.h>
 #include <stdint.h>
