@@ -134,6 +134,7 @@ unsafe extern "C" {
     fn libcgi_guard_expire(guard: *mut c_void);
     fn libcgi_guard_force(guard: *mut c_void);
     fn libcgi_guard_depth(guard: *mut c_void) -> c_int;
+    fn libcgi_guard_seen(guard: *mut c_void) -> c_int;
     fn libcgi_guard_reset(guard: *mut c_void);
     fn libcgi_guard_script(guard: *mut c_void) -> *const c_char;
     fn libcgi_thread_watch() -> *mut *mut c_void;
@@ -260,14 +261,16 @@ const TICK: Duration = Duration::from_millis(100);
 /// handler jumps only when the thread runs the script's own code, so a
 /// script that spends most of its time inside libc is caught on a later try.
 const RESIGNAL_MS: u64 = 5;
-/// How long a late call may take to reach a point where it can be
-/// interrupted safely; after that the next signal jumps wherever the thread
-/// is (the process is then recycled).
+/// How many signals a late call must have taken outside the script's code,
+/// over at least GRACE_MS, before the next one jumps wherever the thread is
+/// (the process is then recycled).  A loop that spends 5% of its time in its
+/// own code escapes 200 tries with odds of 1 in 30,000.
+const FORCE_AFTER_SAMPLES: u64 = 200;
 const GRACE_MS: u64 = 1000;
-/// A signalled call still running this long after the first signal does not
-/// act on signals at all (it blocked them by a raw system call, or is stuck
-/// in the kernel): the process is ended.
-const STUCK_MS: u64 = 2 * GRACE_MS + 500;
+/// A signalled call that has taken no signal for this long does not act on
+/// signals at all (it blocked them by a raw system call, or is stuck in the
+/// kernel): the process is ended.
+const STUCK_MS: u64 = 2500;
 
 // States of a Deadline besides a deadline itself (which is always larger).
 /// No call with a deadline in progress.
@@ -290,8 +293,13 @@ struct Deadline {
     /// watchdog only through compare-exchange, so neither loses the other's
     /// update.
     state: AtomicU64,
-    /// When the watchdog first signalled the current call (its own field).
+    /// The watchdog's own bookkeeping of the current late call: when it was
+    /// first signalled, when it last took a signal, the guard's count of
+    /// signals taken then, and how many it has taken.
     signalled_at: AtomicU64,
+    progress_at: AtomicU64,
+    last_seen: AtomicU64,
+    samples: AtomicU64,
     guard: usize,
     thread: libc::pthread_t,
 }
@@ -393,10 +401,14 @@ impl Watchdog {
                 // has disarmed (or armed anew) in the meantime is left alone.
                 if d.state.compare_exchange(state, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     d.signalled_at.store(now, Ordering::Relaxed);
+                    d.progress_at.store(now, Ordering::Relaxed);
+                    d.samples.store(0, Ordering::Relaxed);
                     // SAFETY: while the state is CLAIMED the thread's call
                     // cannot be disarmed (disarm waits), so its guard and the
                     // thread are live.
                     unsafe {
+                        let seen = libcgi_guard_seen(d.guard as *mut c_void);
+                        d.last_seen.store(seen as u32 as u64, Ordering::Relaxed);
                         libcgi_guard_expire(d.guard as *mut c_void);
                         libc::pthread_kill(d.thread, timer_signal());
                     }
@@ -413,16 +425,15 @@ impl Watchdog {
         }
     }
 
-    /// A signalled call that has not ended: signal it again (the handler
-    /// deferred, the thread being outside the script's code), after the
-    /// grace let the next signal jump anyway, and end the process if the
-    /// thread does not act on signals at all.
+    /// A signalled call that has not ended: signal it again once it has
+    /// taken the last signal (the handler declined, the thread being outside
+    /// the script's code), after enough such tries let the next signal jump
+    /// anyway, and end the process if the thread takes no signal at all.
     fn escalate(&self, d: &Deadline, now: u64) {
         if d.state.compare_exchange(SIGNALLED, CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return;
         }
         let guard = d.guard as *mut c_void;
-        let since = now.saturating_sub(d.signalled_at.load(Ordering::Relaxed));
         // SAFETY: CLAIMED: the call cannot be disarmed, the guard and thread
         // are live (see run).
         unsafe {
@@ -431,16 +442,22 @@ impl Watchdog {
             // callback returns if the signal found it there: no escalation,
             // and no signal that would only interrupt Apache's system calls.
             if libcgi_guard_depth(guard) == 0 {
-                if since >= STUCK_MS {
+                let seen = libcgi_guard_seen(guard) as u32 as u64;
+                let last = d.last_seen.swap(seen, Ordering::Relaxed);
+                if seen != last {
+                    d.progress_at.store(now, Ordering::Relaxed);
+                    let samples = d.samples.fetch_add(seen.wrapping_sub(last) & 0xffff_ffff, Ordering::Relaxed);
+                    let since = now.saturating_sub(d.signalled_at.load(Ordering::Relaxed));
+                    if samples >= FORCE_AFTER_SAMPLES && since >= GRACE_MS {
+                        libcgi_guard_force(guard);
+                    }
+                    libc::pthread_kill(d.thread, timer_signal());
+                } else if now.saturating_sub(d.progress_at.load(Ordering::Relaxed)) >= STUCK_MS {
                     libcgi_last_resort(
                         libcgi_guard_script(guard),
                         c"still running after its LibCGITimeout and not interruptible (signals blocked, or stuck in the kernel)".as_ptr(),
                     );
                 }
-                if since >= GRACE_MS {
-                    libcgi_guard_force(guard);
-                }
-                libc::pthread_kill(d.thread, timer_signal());
             }
         }
         d.state.store(SIGNALLED, Ordering::Release);
@@ -470,6 +487,9 @@ impl Watchdog {
         let d = Box::into_raw(Box::new(Deadline {
             state: AtomicU64::new(IDLE),
             signalled_at: AtomicU64::new(0),
+            progress_at: AtomicU64::new(0),
+            last_seen: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
             // SAFETY: the guard exists (its watch slot was just read).
             guard: unsafe { libcgi_thread_guard() } as usize,
             // SAFETY: pthread_self has no preconditions.

@@ -43,7 +43,7 @@ pub struct FileIdent {
 /// the signal functions cannot take the guard's signals.  All point at the C
 /// wrappers in shim.c, which defer a timeout until they return; vfork is
 /// fork (a vfork child shares the server's memory and stack).
-fn bindings() -> [(&'static CStr, usize); 27] {
+fn bindings() -> [(&'static CStr, usize); 29] {
     [
         (c"getenv", guard::libcgi_c_getenv as *const () as usize),
         (c"secure_getenv", guard::libcgi_c_secure_getenv as *const () as usize),
@@ -63,7 +63,9 @@ fn bindings() -> [(&'static CStr, usize); 27] {
         (c"sigprocmask", guard::libcgi_c_sigprocmask as *const () as usize),
         (c"pthread_sigmask", guard::libcgi_c_pthread_sigmask as *const () as usize),
         (c"sigsuspend", guard::libcgi_c_sigsuspend as *const () as usize),
+        (c"__sigsuspend", guard::libcgi_c_sigsuspend as *const () as usize),
         (c"sigaction", guard::libcgi_c_sigaction as *const () as usize),
+        (c"__sigaction", guard::libcgi_c_sigaction as *const () as usize),
         (c"signal", guard::libcgi_c_signal as *const () as usize),
         (c"bsd_signal", guard::libcgi_c_signal as *const () as usize),
         (c"sysv_signal", guard::libcgi_c_sysv_signal as *const () as usize),

@@ -86,6 +86,7 @@ struct libcgi_guard {
     volatile sig_atomic_t timed_out; /* set by the watchdog before it signals */
     volatile sig_atomic_t pending;   /* timeout arrived inside a callback */
     volatile sig_atomic_t force;     /* set by the watchdog after the grace: jump even where unsafe */
+    volatile sig_atomic_t seen;      /* timer signals the handler has taken (the watchdog's samples) */
     volatile sig_atomic_t in_loader; /* the call is dlclose: any jump leaves the loader lock held */
     volatile sig_atomic_t mask_changed; /* the script changed the signal mask: restore `mask` at the end */
     sigset_t mask;
@@ -257,6 +258,8 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
     int saved_errno = errno;
 
     if (sig == timer_signo) {
+        if (g)
+            g->seen++; /* every signal taken counts: the watchdog waits for it */
         if (g && g->armed && g->timed_out) {
             if (g->depth > 0) {
                 /* Inside our callback: jumping now could leave a lock of ours
@@ -489,6 +492,14 @@ void libcgi_guard_force(void *guard)
 int libcgi_guard_depth(void *guard)
 {
     return ((struct libcgi_guard *)guard)->depth;
+}
+
+/* How many timer signals the thread has taken: the watchdog sends the next
+ * one only after the last was taken (real-time signals queue up, and a
+ * queue delivered at once is one sample of where the thread is, not many). */
+int libcgi_guard_seen(void *guard)
+{
+    return ((struct libcgi_guard *)guard)->seen;
 }
 
 /* Called by a thread disarming a call the watchdog signalled, after which

@@ -140,6 +140,18 @@ int processfunc(char *input)
         lprintf("Content-Type: text/plain\n\nchild status %d pid %ld\n", st, (long)getpid());
         return 0;
     }
+    if (is("system")) {
+        /* posix_spawn underneath (CLONE_VFORK): the child runs only libc
+         * until its exec. */
+        int st = system("exit 5");
+        FILE *f = popen("echo popen-out", "r");
+        char line[64] = "";
+        if (f == NULL || fgets(line, sizeof line, f) == NULL)
+            strcpy(line, "none\n");
+        int pst = f ? pclose(f) : -1;
+        lprintf("Content-Type: text/plain\n\nsystem %d popen %d %s", WEXITSTATUS(st), pst, line);
+        return 0;
+    }
     if (is("blockmask")) {
         sigset_t all;
         sigfillset(&all);
