@@ -466,6 +466,20 @@ fn thread_churn(mpm: Mpm) {
 }
 
 mod threads {
+    // The watchdog's escalation and the last resort, with worker's threads.
+    #[test]
+    fn timeout_inside_libc_worker() {
+        super::timeout_inside_libc(super::Mpm::Worker);
+    }
+    #[test]
+    fn fault_inside_libc_worker() {
+        super::fault_inside_libc(super::Mpm::Worker);
+    }
+    #[test]
+    fn raw_blocked_timer_ends_the_process_worker() {
+        super::raw_blocked_timer_ends_the_process(super::Mpm::Worker);
+    }
+
     #[test]
     fn thread_churn_event() {
         super::thread_churn(super::Mpm::Event);
