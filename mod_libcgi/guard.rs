@@ -140,7 +140,7 @@ unsafe extern "C" {
     fn libcgi_thread_watch() -> *mut *mut c_void;
     fn libcgi_call(f: *const c_void, how: c_int, arg: *mut c_char, code: *const Code, out: *mut Outcome) -> c_int;
     fn libcgi_doomed_at() -> u64;
-    fn libcgi_doom_name() -> *const c_char;
+    fn libcgi_doom_expired() -> !;
     fn libcgi_unsound() -> c_int;
     fn libcgi_running_here(code: *const c_void) -> c_int;
     fn libcgi_last_resort(script: *const c_char, why: *const c_char) -> !;
@@ -366,16 +366,11 @@ impl Watchdog {
         }
         loop {
             let now = now_ms();
+            // SAFETY: reads one atomic of shim.c.
             let doomed = unsafe { libcgi_doomed_at() };
             if doomed != 0 && now >= doomed {
-                // SAFETY: the name is a NUL-terminated static buffer.
-                unsafe {
-                    libcgi_last_resort(
-                        libcgi_doom_name(),
-                        c"the server process did not finish its response and exit within 5 s of an unsafe interruption"
-                            .as_ptr(),
-                    )
-                }
+                // SAFETY: formats into static memory and ends the process.
+                unsafe { libcgi_doom_expired() }
             }
             let mut next: Option<u64> = (doomed != 0).then_some(doomed);
             // Scanned under the lock: only a thread's first call and its exit

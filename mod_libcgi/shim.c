@@ -157,6 +157,7 @@ static int log_fd = 2;
  * gone; 0: not doomed.  Set in the signal handler, read by the watchdog. */
 static uint64_t doomed_at;
 static char doom_name[256];
+static volatile sig_atomic_t doom_signo; /* the fault that doomed it; 0: a forced timeout */
 
 static uint64_t mono_ms(void)
 {
@@ -166,7 +167,7 @@ static uint64_t mono_ms(void)
 }
 
 /* Async-signal-safe: a store and a copy into static memory. */
-static void doom(const struct libcgi_code *code)
+static void doom(const struct libcgi_code *code, int signo)
 {
     uint64_t zero = 0;
     uint64_t when = mono_ms() + PROGRESS_MS;
@@ -176,6 +177,7 @@ static void doom(const struct libcgi_code *code)
         for (; n[i] && i < sizeof doom_name - 1; i++)
             doom_name[i] = n[i];
         doom_name[i] = 0;
+        doom_signo = signo;
     }
 }
 
@@ -247,7 +249,7 @@ __attribute__((noreturn)) static void jump(struct libcgi_guard *g, int unsafe_ju
 {
     if (unsafe_jump) {
         g->out.unsafe_jump = 1;
-        doom(g->code);
+        doom(g->code, g->out.kind == LIBCGI_FAULT ? g->out.signo : 0);
     }
     siglongjmp(g->env, 1);
 }
@@ -580,10 +582,22 @@ __attribute__((noreturn)) void libcgi_last_resort(const char *script, const char
     _exit(1);
 }
 
-/* The name of what doomed the process (copied at the jump). */
-const char *libcgi_doom_name(void)
+/* The last resort for a doomed process that has not gone in time, naming
+ * what doomed it. */
+__attribute__((noreturn)) void libcgi_doom_expired(void)
 {
-    return doom_name;
+    char why[200];
+    char *p = why, *end = why + sizeof why - 1;
+    if (doom_signo) {
+        p = put_str(p, end, "signal ");
+        p = put_num(p, end, (uint64_t)doom_signo, 1);
+    }
+    else {
+        p = put_str(p, end, "a timeout forced");
+    }
+    p = put_str(p, end, " outside the script's own code, and the server process had not finished its response and exited 5 s later");
+    *p = 0;
+    libcgi_last_resort(doom_name, why);
 }
 
 /* Names the script a stuck guard is running, for the last resort. */

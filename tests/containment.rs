@@ -157,7 +157,8 @@ fn fault_inside_libc(mpm: Mpm) {
     }
     replaced(&a, &pid);
     let log = a.wait_log("the fault's line", |l| {
-        l.contains("h.so: processfunc signal 6") || l.contains("h.so: the server process did not finish")
+        l.contains("h.so: processfunc signal 6")
+            || l.contains("h.so: signal 6 outside the script's own code, and the server process had not finished")
     });
     assert!(log.contains("double free or corruption"), "glibc's own message: {log}");
     for l in log.lines().filter(|l| l.contains("libcgi") || l.contains("double free")) {
