@@ -276,6 +276,14 @@ struct Object {
 }
 
 /// Held by a loaded Script: its drop closes the object's entry.
+///
+/// Keying by inode does not remove the descriptor that `impl Drop for
+/// Script` keeps (forgets) for an object glibc leaves mapped after dlclose:
+/// glibc looks a name up among loaded objects before it compares inodes, so
+/// a later file opened as the same `/proc/self/fd/N` would be handed the old
+/// object.  Reusing that descriptor for a reload of the same inode would
+/// bound it to one per file, at the cost of moving it out of Drop; left as
+/// it is (one per unload of such a script, documented in the README).
 struct ObjectRef {
     key: ObjKey,
     obj: Arc<Object>,

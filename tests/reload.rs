@@ -288,8 +288,8 @@ fn recycle_under_steady_load(mpm: Mpm) {
     let a = Apache::start(c);
     let builds = build_versions(&a, &[1], &["-DTHREAD_SAFE"]);
     install_copy(&builds[0], &a.bin.join("r.so"));
-    let before: BTreeSet<u32> = a.children().into_iter().collect();
     wait_for("both server processes", Duration::from_secs(10), || (a.children().len() == 2).then_some(()));
+    let before: BTreeSet<u32> = a.children().into_iter().collect();
     let port = a.port;
     let pids = Arc::new(Mutex::new(Vec::<(Instant, u32)>::new()));
     let stop = AtomicBool::new(false);
