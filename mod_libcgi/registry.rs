@@ -429,6 +429,7 @@ impl Registry {
         // ctime) is checked again before anything is run or handed out.
         // SAFETY: `r` is live and its filename is the path `fd` came from.
         unsafe { trust::check(&fd, r, cfg) }.map_err(LoadError::forbidden)?;
+        self.drop_replaced(path, real);
         let script = match self.acquire(real.object(), fd, path, r, cfg) {
             Ok(s) => s,
             Err(e) => {
@@ -525,6 +526,22 @@ impl Registry {
         obj.changed.notify_all();
     }
 
+    /// Before the file now at `path` is loaded: the entry of the file it
+    /// replaced goes first, so that the old version's terminatefunc runs
+    /// before the new one's initfunc when no request holds it any more.
+    /// Only if the path still names what was opened: an entry published
+    /// from a newer file stays.
+    fn drop_replaced(&self, path: &CStr, real: FileIdent) {
+        let key = path.to_bytes();
+        let mut paths = relock(self.paths.write());
+        let old = match paths.get(key) {
+            Some(e) if e.ident.object() != real.object() && names(path) == Some(real.object()) => paths.remove(key),
+            _ => None,
+        };
+        drop(paths);
+        drop(old);
+    }
+
     /// Makes `script` the one for `path`, unless the path has been pointed
     /// at another file since it was opened: a request that opened an old
     /// version must not put it back over a newer one (it still runs the
@@ -538,12 +555,7 @@ impl Registry {
         // One stat under the write lock, on this slow path only: with the
         // lock held nobody else publishes, so what the path names now is
         // what the last publisher saw.
-        // SAFETY: stat into a zeroed struct we own.
-        let now = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            (libc::stat(path.as_ptr(), &mut st) == 0).then(|| FileIdent::of_stat(&st).object())
-        };
-        if now != Some(real.object()) {
+        if names(path) != Some(real.object()) {
             drop(paths);
             log::rlog!(r, APLOG_DEBUG, "{}: replaced again meanwhile; not published", path.to_string_lossy());
             return;
@@ -631,6 +643,15 @@ impl Registry {
     pub fn shutdown(&self) {
         let all: Vec<_> = relock(self.paths.write()).drain().collect();
         drop(all);
+    }
+}
+
+/// The object the path names at this moment.
+fn names(path: &CStr) -> Option<ObjKey> {
+    // SAFETY: stat into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::stat(path.as_ptr(), &mut st) == 0).then(|| FileIdent::of_stat(&st).object())
     }
 }
 
