@@ -80,6 +80,20 @@ unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
         sys::APLOG_NOTICE,
         "server process exiting to be replaced once its requests are done (LibCGIFaultAction recycle)",
     );
+    let buckets = sys::ap_num_listen_buckets;
+    if buckets > 1 {
+        // The records of buckets after the first are private to listen.c.
+        log::serror(
+            server,
+            sys::APLOG_NOTICE,
+            &format!(
+                "{} listener buckets (ListenCoresBucketsRatio): if this process's are not the first, it exits \
+                 when it serves no request, or after {} s",
+                buckets,
+                bound().as_secs()
+            ),
+        );
+    }
     libc::atexit(exit_status_zero);
     let mut lr = sys::ap_listeners;
     while !lr.is_null() {

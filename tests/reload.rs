@@ -229,7 +229,9 @@ fn ctime_changes_under_load(mpm: Mpm) {
 /// A hard link and a symlink to the same file are one script: initfunc
 /// once, one call counter; a fault through one path unloads it for all.
 fn two_paths_one_script(mpm: Mpm) {
-    let a = Apache::start(Config::new(mpm).extra("LibCGIMaxFaults 0 60"));
+    let mut c = Config::new(mpm).extra("LibCGIMaxFaults 0 60");
+    c.loglevel = "warn libcgi:debug".into();
+    let a = Apache::start(c);
     let builds = build_versions(&a, &[1], &[]);
     let run = a.bin.join("r.so");
     install_copy(&builds[0], &run);
@@ -243,7 +245,19 @@ fn two_paths_one_script(mpm: Mpm) {
     }
     let calls: Vec<u32> = seen.iter().map(|r| r.calls).collect();
     assert_eq!(calls, [1, 2, 3, 4, 5], "one call counter for every path: {seen:?}");
+    let shared = a.error_log().lines().filter(|l| l.contains("shares the object")).count();
+    assert_eq!(shared, 2, "hard.so and sym.so share r.so's object\n{}", a.error_log());
     assert!(seen.iter().all(|r| r.pid == seen[0].pid), "one process: {seen:?}");
+    // Once each path has its entry, every path takes the fast path (the
+    // request's stat of a symlink is its target's).
+    let slow = |l: &str| {
+        l.lines().filter(|l| l.contains("shares the object") || l.contains("after the request's stat")).count()
+    };
+    let before = slow(&a.error_log());
+    for p in ["r.so", "hard.so", "sym.so"] {
+        report(&a, &format!("/libcgi-bin/{p}"));
+    }
+    assert_eq!(slow(&a.error_log()), before, "{}", a.error_log());
 
     // A fault through the hard link unloads the object for every path.
     assert_eq!(a.get("/libcgi-bin/hard.so?crash").status, 500);
@@ -252,6 +266,8 @@ fn two_paths_one_script(mpm: Mpm) {
     assert_eq!((after.inits, after.calls), (1, 1), "a fresh load after the fault: {after:?}");
     let again = report(&a, "/libcgi-bin/r.so");
     assert_eq!((again.inits, again.calls), (1, 2), "still one script: {again:?}");
+    let all = a.error_log();
+    assert_eq!(all.lines().filter(|l| l.contains("initfunc done")).count(), 2, "{all}");
 }
 
 /// chmod 0777 gives 403 at once; chmod back serves again without a second
