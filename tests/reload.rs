@@ -289,6 +289,59 @@ fn chmod_rechecks_trust_without_reinit(mpm: Mpm) {
     assert_eq!((back.inits, back.calls), (1, 2), "served again, without a second initfunc: {back:?}");
 }
 
+/// A request that stat()ed version 1, whose body comes after version 2 was
+/// installed and loaded by another request, runs version 2 whole, and
+/// neither reloads it nor puts version 1 back.  Threaded MPMs only: under
+/// prefork the two requests cannot be in one process at once.
+fn stale_stat_gets_the_new_version(mpm: Mpm) {
+    let a = Apache::start(Config::new(mpm));
+    let builds = build_versions(&a, &[1, 2], &["-DTHREAD_SAFE"]);
+    let run = a.bin.join("r.so");
+    install_copy(&builds[0], &run);
+    assert_eq!(report(&a, "/libcgi-bin/r.so").version, 1);
+    // The request's headers go now (Apache maps and stats the file), its
+    // body later.
+    let mut s = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /libcgi-bin/r.so HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 3\r\n\r\n",
+        a.port
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // Apache reads the headers and stats the file before the handler waits
+    // for the body.  Nothing outside the server shows that moment, so this
+    // waits well past it; were it too short, the request would stat version
+    // 2 and the test would pass without testing anything, never fail.
+    std::thread::sleep(Duration::from_millis(300));
+    install_copy(&builds[1], &run);
+    let b = report(&a, "/libcgi-bin/r.so");
+    assert_eq!((b.version, b.inits, b.calls), (2, 1, 1), "{b:?}");
+    s.write_all(b"x=1").unwrap();
+    let r = http::read_response(&mut BufReader::new(s), false);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+    let stale = parse(&r.text()).unwrap();
+    assert_eq!(
+        (stale.version, stale.state.as_str(), stale.inits, stale.calls, stale.bad),
+        (2, "v2", 1, 2, 0),
+        "the stale request ran the loaded version 2: {stale:?}"
+    );
+    let c = report(&a, "/libcgi-bin/r.so");
+    assert_eq!((c.version, c.inits, c.calls), (2, 1, 3), "version 2 stayed loaded: {c:?}");
+}
+
+mod worker_stale {
+    #[test]
+    fn stale_stat_gets_the_new_version() {
+        super::stale_stat_gets_the_new_version(super::Mpm::Worker)
+    }
+}
+mod event_stale {
+    #[test]
+    fn stale_stat_gets_the_new_version() {
+        super::stale_stat_gets_the_new_version(super::Mpm::Event)
+    }
+}
+
 /// LibCGIFaultAction recycle under steady load: the faulted process stops
 /// taking connections, finishes what it has and exits; a new one takes its
 /// place; no client sees a failure but the faulting request.
