@@ -336,8 +336,9 @@ type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 pub struct Registry {
     paths: RwLock<FxMap<Box<[u8]>, Entry>>,
     /// Lock order: `objects`, then an Object's `state`; neither is ever
-    /// taken while holding `paths`, and no Script is dropped while holding
-    /// any of them except where noted.
+    /// taken while holding `paths`.  A loaded Script is never dropped while
+    /// any of them is held (its drop takes `objects` and `state`); the one
+    /// dropped under `state` is a failed load, which has no object yet.
     objects: Mutex<FxMap<ObjKey, Arc<Object>>>,
     faults: Mutex<HashMap<Box<[u8]>, Faults>>,
     /// The main server, for messages outside requests.
