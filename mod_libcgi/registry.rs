@@ -549,8 +549,16 @@ impl Registry {
     /// version it opened, whole).
     fn publish(&self, path: &CStr, real: FileIdent, script: &Arc<Script>, r: *mut sys::request_rec) {
         let key = path.to_bytes();
+        let current = |paths: &FxMap<Box<[u8]>, Entry>| {
+            paths.get(key).is_some_and(|e| e.ident == real && Arc::ptr_eq(&e.script, script))
+        };
+        let shared = relock(self.paths.read());
+        if current(&shared) {
+            return;
+        }
+        drop(shared);
         let mut paths = relock(self.paths.write());
-        if paths.get(key).is_some_and(|e| e.ident == real && Arc::ptr_eq(&e.script, script)) {
+        if current(&paths) {
             return;
         }
         // One stat under the write lock, on this slow path only: with the
