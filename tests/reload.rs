@@ -329,16 +329,49 @@ fn stale_stat_gets_the_new_version(mpm: Mpm) {
     assert_eq!((c.version, c.inits, c.calls), (2, 1, 3), "version 2 stayed loaded: {c:?}");
 }
 
-mod worker_stale {
+/// A fault while another request still runs the same script: the next
+/// request waits until that one is done and the old load is closed, then
+/// gets a fresh load; the running request finishes whole, and the old
+/// terminatefunc never touches the new state.  Threaded MPMs only.
+fn fault_while_another_request_runs(mpm: Mpm) {
+    let a = Apache::start(Config::new(mpm).extra("LibCGIMaxFaults 0 60"));
+    let builds = build_versions(&a, &[1], &["-DTHREAD_SAFE"]);
+    install_copy(&builds[0], &a.bin.join("r.so"));
+    assert_eq!(report(&a, "/libcgi-bin/r.so").calls, 1);
+    let port = a.port;
+    let long = std::thread::spawn(move || Request::get("/libcgi-bin/r.so?hold=800").send(port));
+    // Give it time to enter processfunc; were this too short, it would run
+    // after the fault on a fresh load and the test would test less, not fail.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.get("/libcgi-bin/r.so?crash").status, 500);
+    let next = report(&a, "/libcgi-bin/r.so");
+    let long = long.join().unwrap();
+    assert_eq!(long.status, 200, "{}", long.text());
+    let long = parse(&long.text()).unwrap();
+    assert_eq!((long.state.as_str(), long.bad), ("v1", 0), "the running request finished whole: {long:?}");
+    assert_eq!((next.inits, next.calls, next.bad), (1, 1, 0), "a fresh load after the old one closed: {next:?}");
+    let after = report(&a, "/libcgi-bin/r.so");
+    assert_eq!((after.inits, after.calls, after.bad, after.state.as_str()), (1, 2, 0, "v1"), "{after:?}");
+}
+
+mod worker_only {
     #[test]
     fn stale_stat_gets_the_new_version() {
         super::stale_stat_gets_the_new_version(super::Mpm::Worker)
     }
+    #[test]
+    fn fault_while_another_request_runs() {
+        super::fault_while_another_request_runs(super::Mpm::Worker)
+    }
 }
-mod event_stale {
+mod event_only {
     #[test]
     fn stale_stat_gets_the_new_version() {
         super::stale_stat_gets_the_new_version(super::Mpm::Event)
+    }
+    #[test]
+    fn fault_while_another_request_runs() {
+        super::fault_while_another_request_runs(super::Mpm::Event)
     }
 }
 
