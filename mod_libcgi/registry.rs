@@ -126,6 +126,9 @@ pub struct Script {
     /// opened under the same name: glibc returns an already-loaded object
     /// for a name it has seen, even if the file behind it changed.
     fd: Option<OwnedFd>,
+    /// Its row in the metrics (see metrics::slot_for), once loaded: the row
+    /// of the path it was loaded through, whichever path a request used.
+    pub metrics_slot: Option<u32>,
     /// The object's entry in the registry.  Declared last: it drops after
     /// `impl Drop` has run terminatefunc and closed the library, which is
     /// when the same inode may be loaded again.
@@ -183,6 +186,7 @@ impl Script {
                 serial: (!thread_safe).then(|| Mutex::new(())),
                 lib: Some(lib),
                 fd: Some(fd),
+                metrics_slot: None,
                 object: None,
             };
             if let Some(init) = init {
@@ -201,6 +205,9 @@ impl Script {
                 log::rlog!(r, APLOG_DEBUG, "{}: initfunc done", path.to_string_lossy());
             }
             script.terminate = terminate;
+            let slot = crate::metrics::slot_for(path);
+            crate::metrics::loaded(slot, path);
+            script.metrics_slot = Some(slot);
             Ok(script)
         }
     }
@@ -211,6 +218,9 @@ impl Drop for Script {
         // terminatefunc belongs to no request: hide the current one (if any)
         // from the script's getenv and lwrite.
         let _none = Active::none();
+        if let Some(slot) = self.metrics_slot {
+            crate::metrics::unloaded(slot, &self.path);
+        }
         let server = REGISTRY.get().map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
         if let Some(term) = self.terminate {
             // SAFETY: the library is still open; terminatefunc takes nothing.
@@ -430,11 +440,12 @@ impl Registry {
         // ctime) is checked again before anything is run or handed out.
         // SAFETY: `r` is live and its filename is the path `fd` came from.
         unsafe { trust::check(&fd, r, cfg) }.map_err(LoadError::forbidden)?;
-        self.drop_replaced(path, real);
+        self.drop_replaced(path, real, r);
         let script = match self.acquire(real.object(), fd, path, r, cfg) {
             Ok(s) => s,
             Err(e) => {
                 if e.fault && self.record_fault(key, ident, cfg) {
+                    crate::metrics::quarantined(path);
                     log::rerror(r, sys::APLOG_ERR, 0, &quarantine_message(path, cfg));
                 }
                 return Err(e);
@@ -532,7 +543,7 @@ impl Registry {
     /// before the new one's initfunc when no request holds it any more.
     /// Only if the path still names what was opened: an entry published
     /// from a newer file stays.
-    fn drop_replaced(&self, path: &CStr, real: FileIdent) {
+    fn drop_replaced(&self, path: &CStr, real: FileIdent, r: *mut sys::request_rec) {
         let key = path.to_bytes();
         let mut paths = relock(self.paths.write());
         let old = match paths.get(key) {
@@ -540,6 +551,10 @@ impl Registry {
             _ => None,
         };
         drop(paths);
+        if old.is_some() {
+            crate::metrics::reloaded(path);
+            log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading it again", path.to_string_lossy());
+        }
         drop(old);
     }
 
@@ -575,6 +590,7 @@ impl Registry {
         // terminatefunc runs now unless a request in flight still holds it
         // (or another path still maps to it).
         if old.as_ref().is_some_and(|o| !Arc::ptr_eq(&o.script, script)) {
+            crate::metrics::reloaded(path);
             log::rlog!(r, APLOG_DEBUG, "{}: file changed, now serving the new one", path.to_string_lossy());
         }
         drop(old);
