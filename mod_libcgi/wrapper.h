@@ -10,6 +10,7 @@
 #include <util_filter.h>
 #include <ap_mpm.h>
 #include <scoreboard.h>
+#include <ap_listen.h>
 #include <mpm_common.h>
 #include <unixd.h>
 #include <apr_strings.h>

@@ -24,13 +24,16 @@ struct Loaded {
     /// Open while the library is: glibc would hand back this library for
     /// the next script opened under the same /proc/self/fd name.
     _fd: std::os::fd::OwnedFd,
+    /// Where the script's code is, for the guard (names `_path`).
+    code: Box<guard::Code>,
+    _path: Box<CString>,
 }
 
 impl Drop for Loaded {
     fn drop(&mut self) {
         if let Some(t) = self.terminate {
             // SAFETY: the library is still open.
-            unsafe { guard::call(t as *const c_void, guard::CALL_VOID_VOID, std::ptr::null_mut(), None) };
+            unsafe { guard::call(t as *const c_void, guard::CALL_VOID_VOID, std::ptr::null_mut(), None, &self.code) };
         }
     }
 }
@@ -186,6 +189,7 @@ static WORKER_API: guard::RsApi = guard::RsApi {
     unsetenv: w_unsetenv,
     putenv: w_putenv,
     clearenv: w_clearenv,
+    thread_gone: guard::thread_gone,
 };
 
 /// exit() & co. end the request, as in the server (the worker lives on).
@@ -339,10 +343,11 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
             }
         }
     }
-    let process = scripts[&key].process;
+    let loaded = &scripts[&key];
+    let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
     let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
-    let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None);
+    let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
@@ -380,13 +385,15 @@ unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
     let terminate = lib.get::<unsafe extern "C" fn()>(b"terminatefunc\0").ok().map(|s| *s);
     elfpatch::patch_imports(process as usize, &exit_bindings())
         .map_err(|e| (format!("cannot bind the script's imports: {e}"), false))?;
+    let path = Box::new(p.clone());
+    let code = Box::new(guard::Code::of(process as usize, &path));
     if let Some(init) = init {
-        let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), None);
+        let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), None, &code);
         match out.kind {
             guard::RETURNED if out.rc == 0 => {}
             guard::RETURNED => return Err((format!("initfunc returned {}", out.rc), false)),
             _ => return Err((format!("initfunc {}", out.describe(None)), false)),
         }
     }
-    Ok(Loaded { file: _file, process, terminate, _lib: lib, _fd: fd })
+    Ok(Loaded { file: _file, process, terminate, _lib: lib, _fd: fd, code, _path: path })
 }
