@@ -252,7 +252,37 @@ fn user_and_limits(mpm: Mpm) {
     assert!(!o.status.success() && err.contains("LibCGIIsolation adaptive is not implemented yet"), "{err}");
 }
 
+/// A server process killed while it waits for its worker: the manager takes
+/// the slot back (the worker is killed, not left waiting forever).
+fn server_process_death_frees_the_slot(mpm: Mpm) {
+    let a = Arc::new(server(mpm, ""));
+    let m = manager(&a);
+    let mark = a.dir.join("sleeper.pid");
+    fs::write(&mark, "").unwrap();
+    fs::set_permissions(&mark, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let a2 = a.clone();
+    let path = format!("/libcgi-bin/iso.so?mode=sleep&f={}", mark.display());
+    let t = std::thread::spawn(move || a2.get(&path).status);
+    let w: u32 =
+        wait_for("the sleeper's pid", Duration::from_secs(10), || fs::read_to_string(&mark).ok()?.parse().ok());
+    assert!(workers(m).contains(&w));
+    let servers: Vec<u32> = a.children().into_iter().filter(|&p| p != m).collect();
+    assert!(!servers.is_empty());
+    for s in &servers {
+        // SAFETY: a server process of the server this test started.
+        unsafe { libc::kill(*s as i32, libc::SIGKILL) };
+    }
+    wait_for("the orphaned worker killed", Duration::from_secs(5), || (!alive(w)).then_some(()));
+    let _ = t.join();
+    wait_for("a new server process", Duration::from_secs(10), || {
+        a.children().iter().any(|p| *p != m && !servers.contains(p)).then_some(())
+    });
+    assert!(alive(m), "the manager must survive a server process's death");
+    assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
+}
+
 prefork_and_event!(
+    server_process_death_frees_the_slot,
     user_and_limits,
     runs_in_a_worker,
     faults_cost_the_worker,

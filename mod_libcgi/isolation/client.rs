@@ -76,6 +76,9 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
     let s = unsafe { &mut *seg.slot(i) };
     s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+    // SAFETY: getpid has no preconditions.  (One syscall per request: a
+    // per-process cache would go stale across the MPM's forks.)
+    s.owner_pid.store(unsafe { libc::getpid() }, Ordering::Release);
     if replace {
         s.want = want;
         if s.pid.load(Ordering::Acquire) > 0 {

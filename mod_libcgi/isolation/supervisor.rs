@@ -153,6 +153,21 @@ unsafe fn run(seg: &'static Segment) {
         }
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);
+            // A server process that died holding the slot: nobody will
+            // answer its worker or free the slot.
+            let op = s.owner_pid.load(Ordering::Acquire);
+            if s.owner.load(Ordering::Acquire) != 0
+                && op > 0
+                && libc::kill(op, 0) != 0
+                && *libc::__errno_location() == libc::ESRCH
+            {
+                s.owner_pid.store(0, Ordering::Release);
+                s.kill.store(1, Ordering::Release);
+                s.owner.store(0, Ordering::Release);
+            }
+            if s.owner.load(Ordering::Acquire) == 0 {
+                let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+            }
             let p = s.pid.load(Ordering::Acquire);
             if s.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
                 libc::kill(p, libc::SIGKILL);

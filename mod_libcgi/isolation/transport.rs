@@ -77,6 +77,9 @@ pub struct Slot {
     pub state: AtomicU32,
     /// 0 free, 1 held by a server thread for one request.
     pub owner: AtomicU32,
+    /// The server process of that thread: if it dies mid-request, the
+    /// manager takes the slot back (kills the worker, frees the slot).
+    pub owner_pid: AtomicI32,
     pub pid: AtomicI32,
     /// Set by a server thread: the manager kills this worker.
     pub kill: AtomicU32,

@@ -4,6 +4,7 @@
  *                   anonymous memory (heap, stacks, anonymous mappings)
  *   mode=scribble   writes garbage over this process's heap, then returns
  *   mode=envlib     getenv through a function pointer libc hands out
+ *   mode=sleep&f=P  writes its pid to the file P, then sleeps 20 s
  *   mode=id         uid, gid and the address-space, CPU and open-file limits
  *   otherwise       "iso pid=<pid>"
  */
@@ -105,6 +106,18 @@ int processfunc(char *input)
     if (mode && strcmp(mode, "envlib") == 0) {
         char *(*g)(const char *) = (char *(*)(const char *))dlsym(RTLD_DEFAULT, "getenv");
         lprintf("QUERY_STRING=%s", g ? g("QUERY_STRING") : "(no getenv)");
+        return 0;
+    }
+    if (mode && strncmp(mode, "sleep&", 6) == 0) {
+        const char *f = arg("f");
+        char path[256];
+        snprintf(path, sizeof path, "%.*s", (int)(f ? strcspn(f, "&") : 0), f ? f : "");
+        FILE *o = fopen(path, "w");
+        if (o) {
+            fprintf(o, "%ld", (long)getpid());
+            fclose(o);
+        }
+        sleep(20);
         return 0;
     }
     if (mode && strcmp(mode, "id") == 0) {
