@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
-pkgs=(apache2 apache2-dev libclang-dev clang gcc libc6-dev binutils curl)
+pkgs=(apache2 apache2-dev libclang-dev clang gcc g++ libc6-dev binutils curl)
 [[ $# -gt 0 ]] && pkgs+=("$@")
 
 missing=()

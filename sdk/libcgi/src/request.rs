@@ -88,6 +88,17 @@ pub(crate) fn header_var(name: &str, buf: &mut Vec<u8>) {
     }
 }
 
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path_info", &self.path_info())
+            .field("query_string", &self.query_string())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
 impl<'r> Request<'r> {
     pub(crate) fn new(host: &'r Host, body: &'r [u8]) -> Request<'r> {
         Request { host, body, _not_send: PhantomData }

@@ -114,6 +114,17 @@ pub struct Response<'r> {
     _not_send: PhantomData<*const ()>,
 }
 
+impl fmt::Debug for Response<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("state", &self.state)
+            .field("status", &self.status)
+            .field("buffered", &self.len)
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
 impl<'r> Response<'r> {
     pub(crate) fn new(host: &'r Host) -> Response<'r> {
         Response {
