@@ -52,11 +52,17 @@ pub fn to_http<'r>(req: &Request<'r>) -> Result<http::Request<&'r [u8]>, http::E
         Some("HTTP/0.9") => http::Version::HTTP_09,
         _ => http::Version::HTTP_11,
     };
-    let mut b = http::Request::builder().method(req.method()).uri(uri).version(version);
+    let mut hreq = http::Request::builder().method(req.method()).uri(uri).version(version).body(req.body())?;
+    let headers = hreq.headers_mut();
     for (name, value) in req.headers() {
-        b = b.header(name, value);
+        // The names are static, lower-case and valid; a value Apache let
+        // through is valid too unless it has bytes http refuses (then the
+        // header is left out rather than failing the request).
+        if let Ok(v) = http::HeaderValue::from_bytes(value) {
+            headers.append(http::HeaderName::from_static(name), v);
+        }
     }
-    b.body(req.body())
+    Ok(hreq)
 }
 
 /// Writes an `http::Response` as the response.

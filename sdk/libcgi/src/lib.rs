@@ -166,6 +166,12 @@ macro_rules! script {
             $crate::__libcgi_host!();
             $( $crate::__libcgi_item!($key: $value); )+
         };
+        // In the crate's own tests the parts are still used (no dead-code
+        // warnings), only not exported.
+        #[cfg(test)]
+        const _: () = {
+            $( let _ = &$value; )+
+        };
     };
 }
 

@@ -17,42 +17,42 @@ pub struct Request<'r> {
 }
 
 /// Header names the [`headers`](Request::headers) list and the
-/// [`adapter`](crate::adapter) look for.  CGI gives a script no list of the
-/// request's headers, only `getenv` by name, so other headers are read with
-/// [`Request::header`].
-pub const KNOWN_HEADERS: &[&str] = &[
-    "accept",
-    "accept-charset",
-    "accept-encoding",
-    "accept-language",
-    "authorization",
-    "cache-control",
-    "connection",
-    "content-length",
-    "content-type",
-    "cookie",
-    "dnt",
-    "forwarded",
-    "from",
-    "host",
-    "if-match",
-    "if-modified-since",
-    "if-none-match",
-    "if-range",
-    "if-unmodified-since",
-    "origin",
-    "pragma",
-    "range",
-    "referer",
-    "te",
-    "upgrade",
-    "user-agent",
-    "via",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "x-requested-with",
+/// [`adapter`](crate::adapter) look for, with the CGI variable of each.  CGI
+/// gives a script no list of the request's headers, only `getenv` by name,
+/// so other headers are read with [`Request::header`].
+pub const KNOWN_HEADERS: &[(&str, &CStr)] = &[
+    ("accept", c"HTTP_ACCEPT"),
+    ("accept-charset", c"HTTP_ACCEPT_CHARSET"),
+    ("accept-encoding", c"HTTP_ACCEPT_ENCODING"),
+    ("accept-language", c"HTTP_ACCEPT_LANGUAGE"),
+    ("authorization", c"HTTP_AUTHORIZATION"),
+    ("cache-control", c"HTTP_CACHE_CONTROL"),
+    ("connection", c"HTTP_CONNECTION"),
+    ("content-length", c"CONTENT_LENGTH"),
+    ("content-type", c"CONTENT_TYPE"),
+    ("cookie", c"HTTP_COOKIE"),
+    ("dnt", c"HTTP_DNT"),
+    ("forwarded", c"HTTP_FORWARDED"),
+    ("from", c"HTTP_FROM"),
+    ("host", c"HTTP_HOST"),
+    ("if-match", c"HTTP_IF_MATCH"),
+    ("if-modified-since", c"HTTP_IF_MODIFIED_SINCE"),
+    ("if-none-match", c"HTTP_IF_NONE_MATCH"),
+    ("if-range", c"HTTP_IF_RANGE"),
+    ("if-unmodified-since", c"HTTP_IF_UNMODIFIED_SINCE"),
+    ("origin", c"HTTP_ORIGIN"),
+    ("pragma", c"HTTP_PRAGMA"),
+    ("range", c"HTTP_RANGE"),
+    ("referer", c"HTTP_REFERER"),
+    ("te", c"HTTP_TE"),
+    ("upgrade", c"HTTP_UPGRADE"),
+    ("user-agent", c"HTTP_USER_AGENT"),
+    ("via", c"HTTP_VIA"),
+    ("x-forwarded-for", c"HTTP_X_FORWARDED_FOR"),
+    ("x-forwarded-host", c"HTTP_X_FORWARDED_HOST"),
+    ("x-forwarded-proto", c"HTTP_X_FORWARDED_PROTO"),
+    ("x-real-ip", c"HTTP_X_REAL_IP"),
+    ("x-requested-with", c"HTTP_X_REQUESTED_WITH"),
 ];
 
 /// Calls `f` with `name` as a NUL-terminated C string; None when the name
@@ -154,6 +154,9 @@ impl<'r> Request<'r> {
     /// unless configured to, and drops header names with characters other
     /// than letters, digits and `-`.
     pub fn header(&self, name: &str) -> Option<&'r str> {
+        if let Some((_, var)) = KNOWN_HEADERS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return self.cvar(var).and_then(|b| std::str::from_utf8(b).ok());
+        }
         let mut buf = Vec::new();
         header_var(name, &mut buf);
         // SAFETY: header_var makes ASCII bytes only out of a &str.
@@ -162,9 +165,17 @@ impl<'r> Request<'r> {
     }
 
     /// The request headers of [`KNOWN_HEADERS`] that are present, as
-    /// (lower-case name, value).
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'r str)> + '_ {
-        KNOWN_HEADERS.iter().filter_map(move |&n| self.header(n).map(|v| (n, v)))
+    /// (lower-case name, raw value).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &'r [u8])> + '_ {
+        KNOWN_HEADERS.iter().filter_map(move |&(n, var)| self.cvar(var).map(|v| (n, v)))
+    }
+
+    /// A variable by C name: no copy of the name.
+    fn cvar(&self, name: &CStr) -> Option<&'r [u8]> {
+        // SAFETY: as in `var_bytes`.
+        let p = unsafe { (self.host.getenv)(name.as_ptr()) };
+        // SAFETY: as in `var_bytes`.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
     }
 
     /// The body: exactly `linput_length()` bytes, NUL bytes included; empty

@@ -273,9 +273,12 @@ impl TestResponse {
     }
 }
 
+/// Header lines as (name, value).
+pub type Headers = Vec<(String, String)>;
+
 /// Splits CGI output into header lines and body: lines end with LF or CRLF,
 /// the block with an empty line.  None when the block never ends.
-pub fn split_cgi(raw: &[u8]) -> Option<(Vec<(String, String)>, &[u8])> {
+pub fn split_cgi(raw: &[u8]) -> Option<(Headers, &[u8])> {
     let mut headers = Vec::new();
     let mut rest = raw;
     loop {
@@ -386,7 +389,7 @@ mod tests {
             assert_eq!(req.var("HTTP_X_TOKEN"), Some("secret"));
             assert_eq!(req.content_type(), Some("application/octet-stream"));
             assert_eq!(req.header("content-length"), Some("5"));
-            assert!(req.headers().any(|h| h == ("user-agent", "ua/1")));
+            assert!(req.headers().any(|h| h == ("user-agent", &b"ua/1"[..])));
             assert_eq!(req.var("NOPE"), None);
             assert_eq!(req.var("A\0B"), None);
             assert_eq!(req.var(&"X".repeat(500)), None);

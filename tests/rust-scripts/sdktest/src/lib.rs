@@ -150,6 +150,11 @@ fn process(req: &libcgi::Request, resp: &mut libcgi::Response) -> Result<(), Box
             panic!("deliberate late panic");
         }
         "/error" => return Err("deliberate error".into()),
+        // hello.so's output, after one getenv (PATH_INFO): for the bench.
+        "/hello" => {
+            resp.header("Content-Type", "text/plain")?;
+            resp.write_all(b"Hello from mod_libcgi\n")?;
+        }
         "/init" => {
             resp.header("Content-Type", "text/plain")?;
             writeln!(resp, "init saw {}", INIT_SCRIPT.get().map_or("nothing", String::as_str))?;

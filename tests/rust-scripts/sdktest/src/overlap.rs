@@ -14,6 +14,6 @@ fn overlap(resp: &mut libcgi::Response) -> libcgi::Result<()> {
     }
     ACTIVE.fetch_sub(1, Ordering::SeqCst);
     resp.header("Content-Type", "text/plain")?;
-    write!(resp, "max={max}\n")?;
+    writeln!(resp, "max={max}")?;
     Ok(())
 }
