@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 extra=()
-for so in ${extra[@]+"${extra[@]}"}; do extra+=("$(realpath "$so")"); done
+for so in ${SCRIPTS:-}; do extra+=("$(realpath "$so")"); done
 cd "$here"
 MPM=${MPM:-event}
 PORT=${PORT:-8080}
