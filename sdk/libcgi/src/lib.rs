@@ -88,6 +88,21 @@
 //! cannot leave it.  Without `thread_safe: true`, the module never runs
 //! two `processfunc` calls of the script at once in one process.
 //!
+//! ```compile_fail
+//! fn send<T: Send>(_: T) {}
+//! fn handler(req: &libcgi::Request, _: &mut libcgi::Response) {
+//!     send(req); // error: `*const ()` cannot be shared between threads safely
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! fn handler(_: &libcgi::Request, resp: &mut libcgi::Response) {
+//!     std::thread::scope(|s| {
+//!         s.spawn(|| resp.header("X-From", "another thread")); // error: Response is not Send
+//!     });
+//! }
+//! ```
+//!
 //! # Variables and `std::env`
 //!
 //! CGI variables are per request: mod_libcgi rewrites the script object's
