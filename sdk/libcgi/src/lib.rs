@@ -1,5 +1,7 @@
-//! Write [LibCGI] scripts — CGI programs that
-//! [mod_libcgi] runs as shared objects inside Apache httpd — in safe Rust.
+//! Write LibCGI scripts — CGI programs that the Apache httpd module
+//! mod_libcgi runs as shared objects inside the server (after Venkitachalam
+//! & Chiueh, *High-Performance Common Gateway Interface Invocation*) — in
+//! safe Rust.
 //!
 //! A script is a `cdylib` crate with one macro call:
 //!
@@ -113,9 +115,6 @@
 //! the value into a `String` and takes the standard library's environment
 //! lock; `std::env::vars()` reads `environ` directly and sees the server's
 //! environment, not the request's: do not use it for CGI variables.
-//!
-//! [LibCGI]: https://www.usenix.org/legacy/publications/library/proceedings/usenix98/full_papers/venkitachalam/venkitachalam.pdf
-//! [mod_libcgi]: https://github.com/
 
 #![warn(missing_docs)]
 

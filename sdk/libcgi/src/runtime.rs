@@ -5,7 +5,7 @@ use crate::host::Host;
 use crate::request::Request;
 use crate::response::Response;
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CStr};
 use std::fmt::Display;
 use std::io::Write;
@@ -36,9 +36,13 @@ impl<E: Display> Outcome for Result<(), E> {
 }
 
 thread_local! {
-    /// Where and why the last panic on this thread happened (set by the
-    /// hook, taken by the catcher).
+    /// Where the last panic on this thread happened (set by the hook, taken
+    /// by the catcher).
     static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// True while this thread runs script code under `guarded`: a panic
+    /// anywhere else (a thread the script started) keeps the default
+    /// message.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Replaces the default panic message (several lines, `thread '<unnamed>'
@@ -50,17 +54,13 @@ fn install_hook() {
     HOOK.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let loc = info.location().map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()));
-            let noted = PANIC
-                .try_with(|p| {
-                    if let Ok(mut p) = p.try_borrow_mut() {
-                        *p = Some(loc.clone().unwrap_or_default());
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .unwrap_or(false);
+            let noted = GUARDED.try_with(Cell::get).unwrap_or(false)
+                && PANIC
+                    .try_with(|p| {
+                        let loc = info.location().map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()));
+                        p.try_borrow_mut().map(|mut p| *p = Some(loc.unwrap_or_default())).is_ok()
+                    })
+                    .unwrap_or(false);
             if !noted {
                 prev(info);
             }
@@ -138,7 +138,11 @@ fn log_panic(host: &Host, func: &str, payload: &(dyn Any + Send)) {
 /// Runs `f` with panics caught: Ok(its value), or None after logging.
 fn guarded<T>(host: &Host, func: &str, f: impl FnOnce() -> T) -> Option<T> {
     install_hook();
-    match catch_unwind(AssertUnwindSafe(f)) {
+    // Calls nest (a handler that runs libcgi::testing inside): restore.
+    let was = GUARDED.replace(true);
+    let r = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.set(was);
+    match r {
         Ok(v) => Some(v),
         Err(payload) => {
             log_panic(host, func, &*payload);
