@@ -532,6 +532,54 @@ fn libcgi_run_reports_faults() {
     let _ = fs::remove_dir_all(dir);
 }
 
+/// libcgi-run under AddressSanitizer: a script built with
+/// -fsanitize=address, the runtime preloaded, and the overflow is reported
+/// with the script's source line.
+#[test]
+fn libcgi_run_under_asan() {
+    let dir = scratch("sdk-asan");
+    let so = dir.join("asan_bug.so");
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-g", "-O0", "-fsanitize=address", "-I"])
+        .arg(root().join("include"))
+        .arg("-o")
+        .arg(&so)
+        .arg(root().join("tests/scripts/asan_bug.c"))
+        .output()
+        .expect("running cc");
+    assert!(
+        o.status.success(),
+        "cc -fsanitize=address failed (gcc's libasan):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lib = Command::new("cc").arg("-print-file-name=libasan.so").output().unwrap();
+    let lib = String::from_utf8_lossy(&lib.stdout).trim().to_string();
+    assert!(Path::new(&lib).is_absolute(), "no libasan.so for cc: {lib}");
+    let o = Command::new(libcgi_run_bin()).arg(&so).env("LD_PRELOAD", &lib).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the overflow went unnoticed: {err}");
+    assert!(err.contains("AddressSanitizer: heap-buffer-overflow") && err.contains("asan_bug.c:12"), "{err}");
+    // Without the sanitizer the same script "works": what the module would see.
+    let plain = dir.join("plain.so");
+    build_c_script_plain(&plain);
+    let o = Command::new(libcgi_run_bin()).arg(&plain).output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(o.stdout, b"Content-Type: text/plain\n\ndone\n");
+    let _ = fs::remove_dir_all(dir);
+}
+
+fn build_c_script_plain(out: &Path) {
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O0", "-I"])
+        .arg(root().join("include"))
+        .arg("-o")
+        .arg(out)
+        .arg(root().join("tests/scripts/asan_bug.c"))
+        .output()
+        .expect("running cc");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// The script objects: the module's functions are undefined imports bound
 /// at load time, getenv is the C library's (so the module rewrites it), and
 /// the exports are the C ABI's names.
