@@ -272,6 +272,12 @@ fn status_and_location(mpm: Mpm) {
     let t = r.text();
     assert!(t.contains("REQUEST_METHOD=GET\n") && t.contains("QUERY_STRING=from=redirect\n"), "{t}");
     assert!(t.contains("PATH_INFO=/vars\n"), "{t}");
+    // Request::remote_host is get_remote_host(): what a C script gets.
+    a.install("t.so", "t", &[]);
+    let c = ok(&a, Request::get("/libcgi-bin/t.so?mode=remote")).text();
+    let c_host = c.strip_prefix("host=").and_then(|t| t.split(' ').next()).expect("t.c's remote mode").to_string();
+    let rust = ok(&a, Request::get("/libcgi-bin/sdktest.so/remote")).text();
+    assert_eq!(rust, format!("{c_host}\n"));
 }
 
 /// A panic is a 500 with one line naming the script and the message, and
