@@ -230,7 +230,17 @@ where
     // SAFETY: the caller's contract.
     unsafe {
         process(host, input, |req: &Request<'_>, resp: &mut Response<'_>| -> Result<(), String> {
-            let hreq = crate::adapter::to_http(req).map_err(|e| e.to_string())?;
+            let hreq = match crate::adapter::to_http(req) {
+                Ok(r) => r,
+                // What the client sent does not fit the http crate's types
+                // (a URI or method it refuses): the client's error, a 400.
+                Err(e) => {
+                    log_line(host, &format!("http adapter: request refused with 400: {e}"));
+                    resp.status(400).map_err(|e| e.to_string())?;
+                    resp.header("Content-Type", "text/plain").map_err(|e| e.to_string())?;
+                    return resp.write_all(b"Bad Request\n").map_err(|e| e.to_string());
+                }
+            };
             let hresp = handler(hreq).into_http()?;
             crate::adapter::write_http(&hresp, resp).map_err(|e| e.to_string())
         })

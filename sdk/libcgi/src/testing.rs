@@ -441,5 +441,10 @@ mod tests {
         assert_eq!(out.raw, b"set-cookie: a=1\r\nset-cookie: b=2\r\nStatus: 404 Not Found\r\n\r\n{}");
         let err = TestRequest::get("/api.so").run_http(|_| Err::<http::Response<&[u8]>, _>("no database"));
         assert_eq!((err.rc, err.status), (1, 500));
+        // A URI or method the http crate refuses is the client's error.
+        for t in [TestRequest::get("/api.so").var("REQUEST_URI", "/a b"), TestRequest::new("GE\tT", "/api.so")] {
+            let out = t.run_http(|_| -> http::Response<&'static [u8]> { unreachable!("the handler must not run") });
+            assert_eq!((out.rc, out.status, out.text().as_str()), (0, 400, "Bad Request\n"));
+        }
     }
 }
