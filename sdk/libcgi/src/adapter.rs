@@ -17,7 +17,7 @@
 //!
 //! The request has the method, the URI as the client sent it
 //! (`REQUEST_URI`: path and query), the version, the headers of
-//! [`KNOWN_HEADERS`](crate::request::KNOWN_HEADERS) present in the request
+//! [`KNOWN_HEADERS`] present in the request
 //! (CGI offers no list of all headers: read others with
 //! [`Request::header`](crate::Request::header) in a native handler) and the
 //! body, borrowed.  The response's status, headers (several of one name

@@ -169,7 +169,8 @@ unsafe fn body<'a>(host: &Host, input: *mut c_char) -> &'a [u8] {
 /// processfunc with a native handler.
 ///
 /// # Safety
-/// Called as processfunc by the host: `input` as in [`body`].
+/// Called as processfunc by the host: `input` is NULL or points at
+/// `linput_length()` readable bytes for the rest of the call.
 pub unsafe fn process<F, R>(host: &'static Host, input: *mut c_char, handler: F) -> c_int
 where
     F: FnOnce(&Request<'_>, &mut Response<'_>) -> R,
