@@ -15,17 +15,16 @@
 #include <stddef.h>
 
 /*
- * In C++ the script's functions are noexcept: an exception must not leave
- * them (the module cannot catch it).  With the declarations noexcept, one
- * that escapes calls std::terminate inside the script, which aborts: a
- * fault mod_libcgi contains (500, unload), never an unwind through the
- * server's frames.  Definitions must say noexcept too.
+ * C++: an exception must not leave the script's functions (the module
+ * cannot catch it).  One that does finds no handler past the script (the
+ * module's frames carry no unwind tables), so std::terminate aborts inside
+ * the script: a fault mod_libcgi contains (500, unload), never an unwind
+ * through the server's frames.  The declarations are deliberately not
+ * noexcept, so that existing C++ scripts keep compiling; a definition may
+ * not add noexcept either (C++17 makes it part of the type).
  */
 #ifdef __cplusplus
-#define LIBCGI_NOEXCEPT noexcept
 extern "C" {
-#else
-#define LIBCGI_NOEXCEPT
 #endif
 
 /* ---- Exported by the script ------------------------------------------- */
@@ -39,7 +38,7 @@ extern "C" {
  * Return 0 on success.  Non-zero means failure: the client gets a 500 if
  * nothing was sent to it yet; the failure is logged either way.
  */
-int processfunc(char *input) LIBCGI_NOEXCEPT;
+int processfunc(char *input);
 
 /*
  * Optional.  Called once after the script is loaded, before the first
@@ -47,14 +46,14 @@ int processfunc(char *input) LIBCGI_NOEXCEPT;
  * that request's variables).  Non-zero: the load failed, the request gets a
  * 500, and the next request tries to load the script again.
  */
-int initfunc(void) LIBCGI_NOEXCEPT;
+int initfunc(void);
 
 /*
  * Optional.  Called once before the script is unloaded: when the file was
  * replaced and no request uses the old version any more, after the script
  * failed, and when the server process exits or restarts gracefully.
  */
-void terminatefunc(void) LIBCGI_NOEXCEPT;
+void terminatefunc(void);
 
 /*
  * Optional.  Define it as 1 when processfunc may run on several threads of

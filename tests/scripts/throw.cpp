@@ -1,5 +1,5 @@
 // A C++ script that does not include libcgi.h (so processfunc is not
-// declared noexcept) and lets an exception escape: tests/rust_sdk.rs checks
+// declared at all) and lets an exception escape: tests/rust_sdk.rs checks
 // that this is a contained fault (std::terminate -> abort -> SIGABRT).
 #include <stdexcept>
 
