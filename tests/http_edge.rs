@@ -1,0 +1,268 @@
+//! Issue 9, items 4, 5, 7 and 12: how a script's header block is read
+//! (exactly as Apache's own CGI readers read it, compared with mod_cgid for
+//! the same program), the statuses Apache's parser answers for conditional
+//! requests, the directory trust is checked up to, and what a request body
+//! costs in memory.  Prefork and event.
+
+mod common;
+use common::*;
+use std::fs;
+
+/// A server with mod_cgid besides mod_libcgi, and tests/scripts/echo_out.c
+/// installed as /libcgi-bin/echo.so (initfunc marks `marks`) and as the CGI
+/// /cgi-bin/echo.so.
+fn echo_server(mpm: Mpm) -> (Apache, std::path::PathBuf) {
+    let mut cfg = Config::new(mpm);
+    cfg.cgid = true;
+    let a = Apache::start(cfg);
+    let marks = a.dir.join("marks");
+    let def = format!("-DMARK_FILE=\"{}\"", marks.display());
+    a.install("echo.so", "echo_out", &[&def]);
+    build_cgi(&a.dir.join("cgi-bin"), "echo.so", "echo_out");
+    // The server's user must be able to write the marks.
+    fs::write(&marks, "").unwrap();
+    chmod(&marks, 0o666);
+    (a, marks)
+}
+
+/// What a client can tell of a response, minus what differs between any two
+/// responses (Date) and the framing (chunked or Content-Length: mod_cgid
+/// reads its script through a socket, so it may frame the same body
+/// differently); the body is compared decoded.  Whether the body arrived
+/// whole is framing too: when Apache's header filter refuses a header the
+/// script sent (a name starting with a tab), mod_cgid's error response is
+/// cut short, mod_libcgi's is not (`complete` checks ours).
+fn visible(r: &Response) -> (u16, Vec<(String, String)>, String) {
+    let mut h: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !["date", "content-length", "transfer-encoding", "connection", "keep-alive"]
+                .contains(&k.to_ascii_lowercase().as_str())
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    h.sort();
+    // Lossless for the ASCII bodies here, and readable in a failure.
+    (r.status, h, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+fn complete(r: &Response, what: &str) {
+    assert!(!r.truncated, "{what}: mod_libcgi's response was cut short: {r:?}");
+}
+
+fn inits(marks: &std::path::Path) -> usize {
+    fs::read_to_string(marks).unwrap_or_default().lines().filter(|l| l.starts_with("init")).count()
+}
+
+fn long_line(name: &str, total: usize, crlf: bool) -> Vec<u8> {
+    // A header line of exactly `total` bytes before its line end.
+    let mut l = format!("{name}: ").into_bytes();
+    l.resize(total, b'a');
+    l.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+    l
+}
+
+/// Header blocks (and what follows them) that Apache's readers treat in
+/// every different way there is.
+fn battery() -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |name: &str, b: &[u8]| v.push((name.to_string(), b.to_vec()));
+    add("lf", b"Content-Type: text/plain\nX-A: 1\n\nbody\n");
+    add("crlf", b"Content-Type: text/plain\r\nX-A: 1\r\n\r\nbody\r\n");
+    add("cr-only", b"Content-Type: text/plain\rX-A: 1\r\rbody");
+    add("bare-cr-inside", b"X-A: a\rb\r\nContent-Type: text/plain\n\nbody");
+    add("crcrlf-blank", b"Content-Type: text/plain\n\r\r\nbody");
+    add("lfcr-blank", b"Content-Type: text/plain\n\r\nbody\n\n");
+    add("empty-block-lf", b"\nbody");
+    add("empty-block-crlf", b"\r\nbody");
+    add("nul-in-value", b"Content-Type: text/plain\nX-A: a\0b\n\nbody");
+    add("nul-starts-line", b"Content-Type: text/plain\n\0X-Hidden: 1\nbody");
+    add("cr-nul-line", b"Content-Type: text/plain\n\r\0junk\nbody");
+    add("nul-in-name", b"X\0: y\nContent-Type: text/plain\n\nbody");
+    add("continuation-no-colon", b"Content-Type: text/plain\nX-A: a\n  continued\n\nbody");
+    add("continuation-colon", b"Content-Type: text/plain\nX-A: a\n\tX-B: c\n\nbody");
+    add("malformed", b"Content-Type text/plain\n\nbody");
+    add("no-blank-line", b"Content-Type: text/plain\n");
+    add("unterminated-line", b"Content-Type: text/plain");
+    add("status", b"Status: 404 Not Found\nContent-Type: text/plain\n\nnone");
+    add("bad-status", b"Status: abc\nContent-Type: text/plain\n\nx");
+    add("redirect-abs", b"Location: http://example.invalid/x\n\nignored");
+    add("redirect-abs-status", b"Status: 301 Moved\nLocation: http://example.invalid/x\n\nkept");
+    add("cookies", b"Set-Cookie: a=1\nSet-Cookie: b=2\nContent-Type: text/plain\nX-M: 1\nX-M: 2\n\nc");
+    add("content-length-lie", b"Content-Type: text/plain\nContent-Length: 2\n\nlonger than 2");
+    add("transfer-encoding", b"Content-Type: text/plain\nTransfer-Encoding: chunked\n\nnot chunked");
+    add("last-modified", b"Last-Modified: Sat, 01 Jan 2000 00:00:00 GMT\nContent-Type: text/plain\n\nlm");
+    add("bad-last-modified", b"Last-Modified: yesterday\nContent-Type: text/plain\n\nlm");
+    for total in [8188, 8189, 8190, 8191, 8192, 8193, 16384] {
+        for crlf in [false, true] {
+            let mut b = long_line("X-Long", total, crlf);
+            b.extend_from_slice(b"Content-Type: text/plain\n\nafter-long");
+            add(&format!("line-{total}-{}", if crlf { "crlf" } else { "lf" }), &b);
+        }
+    }
+    // A long line of CRs: they do not count towards the line's length.
+    let mut b = b"X-Crs: a".to_vec();
+    b.extend(std::iter::repeat_n(b'\r', 9000));
+    b.extend_from_slice(b"b\nContent-Type: text/plain\n\ncrs");
+    add("many-crs", &b);
+    // The attack: 8182 bytes of client input echoed into a header, then the
+    // client's own header.  Apache's readers end the headers there (500).
+    let mut b = b"X-Echo: ".to_vec();
+    b.resize(8190, b'e');
+    b.extend_from_slice(b"Location: http://evil.invalid/\n\n");
+    add("smuggled-location", &b);
+    let mut b = b"X-Echo: ".to_vec();
+    b.resize(8189, b'e');
+    b.extend_from_slice(b"\nLocation: http://evil.invalid/\n\n");
+    add("longest-good-line", &b);
+    // A block of more than 64 KiB of good lines.
+    let mut b = Vec::new();
+    for i in 0..1500 {
+        b.extend_from_slice(format!("X-Many-{i}: {}\n", "v".repeat(40)).as_bytes());
+    }
+    b.extend_from_slice(b"Content-Type: text/plain\n\nmany");
+    add("block-100k", &b);
+    v
+}
+
+fn post(prefix: &str, query: &str, body: &[u8]) -> Request {
+    Request::post(&format!("/{prefix}/echo.so{query}"), body)
+}
+
+/// Item 5: the same output gives the same response under mod_libcgi as
+/// under mod_cgid, however the script splits it across lwrite calls.
+fn headers_like_mod_cgid(mpm: Mpm) {
+    let (a, _marks) = echo_server(mpm);
+    let mut checked = 0;
+    for (name, block) in battery() {
+        let cgi = a.send(post("cgi-bin", "", &block));
+        let want = visible(&cgi);
+        let mut splits: Vec<String> =
+            ["", "?split=1", "?split=2", "?split=3", "?split=7", "?split=4096"].iter().map(|s| s.to_string()).collect();
+        if block.len() > 8000 {
+            for s in [8189, 8190, 8191, 8192] {
+                splits.push(format!("?split={s}"));
+            }
+            for k in [8189, 8190, 8191] {
+                splits.push(format!("?at={k}"));
+            }
+        } else {
+            // Two writes, split at every boundary.
+            splits.extend((0..=block.len()).map(|k| format!("?at={k}")));
+        }
+        for q in &splits {
+            let lib = a.send(post("libcgi-bin", q, &block));
+            complete(&lib, &name);
+            assert_eq!(
+                visible(&lib),
+                want,
+                "case {name}, {q}: mod_libcgi (left) differs from mod_cgid (right)\n{}",
+                a.error_log()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 500, "{checked}");
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+/// Item 5, the attack itself: not a redirect to the client's site, but a
+/// 500 with Apache's log line naming the script.
+fn long_line_ends_headers(mpm: Mpm) {
+    let (a, _marks) = echo_server(mpm);
+    let mut b = b"X-Echo: ".to_vec();
+    b.resize(8190, b'e');
+    b.extend_from_slice(b"Location: http://evil.invalid/\n\n");
+    for q in ["", "?split=1", "?split=100"] {
+        let r = a.send(post("libcgi-bin", q, &b));
+        assert_eq!(r.status, 500, "{q}: {r:?}");
+        assert_eq!(r.header("Location"), None);
+    }
+    a.wait_log("the parser's log line", |l| l.contains("End of script output before headers: echo.so"));
+}
+
+/// Item 4: conditional requests get mod_cgid's answers and never reload the
+/// script (initfunc runs once).
+fn conditional_like_mod_cgid(mpm: Mpm) {
+    let (a, marks) = echo_server(mpm);
+    const LM: &str = "Sat, 01 Jan 2000 00:00:00 GMT";
+    const BEFORE: &str = "Fri, 31 Dec 1999 00:00:00 GMT";
+    const AFTER: &str = "Sun, 02 Jan 2000 00:00:00 GMT";
+    let conds: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![("If-Match", "\"x\"")],
+        vec![("If-Match", "\"abc\"")],
+        vec![("If-Match", "*")],
+        vec![("If-None-Match", "\"abc\"")],
+        vec![("If-None-Match", "\"x\"")],
+        vec![("If-None-Match", "*")],
+        vec![("If-None-Match", "W/\"abc\"")],
+        vec![("If-Modified-Since", LM)],
+        vec![("If-Modified-Since", BEFORE)],
+        vec![("If-Modified-Since", AFTER)],
+        vec![("If-Unmodified-Since", LM)],
+        vec![("If-Unmodified-Since", BEFORE)],
+        vec![("If-Unmodified-Since", AFTER)],
+        vec![("If-Range", "\"abc\""), ("Range", "bytes=0-3")],
+        vec![("If-Range", "\"x\""), ("Range", "bytes=0-3")],
+        vec![("If-Range", LM), ("Range", "bytes=0-3")],
+        vec![("If-Range", BEFORE), ("Range", "bytes=0-3")],
+        vec![("Range", "bytes=2-4")],
+        vec![("If-Match", "\"x\""), ("If-None-Match", "\"abc\"")],
+        vec![("If-None-Match", "\"abc\""), ("If-Modified-Since", BEFORE)],
+    ];
+    let mut statuses = std::collections::BTreeSet::new();
+    for v in ["etag", "lm", "both", "none", "status"] {
+        for method in ["GET", "HEAD"] {
+            for c in &conds {
+                let req = |prefix: &str| {
+                    let mut r = Request::new(method, &format!("/{prefix}/echo.so?v={v}"));
+                    for (k, val) in c {
+                        r = r.header(k, val);
+                    }
+                    r
+                };
+                let cgi = a.send(req("cgi-bin"));
+                let lib = a.send(req("libcgi-bin"));
+                let what = format!("{method} v={v} {c:?}");
+                complete(&lib, &what);
+                assert_eq!(visible(&lib), unranged(&cgi, &lib), "{what}: mod_libcgi (left) vs mod_cgid");
+                statuses.insert(lib.status);
+            }
+        }
+    }
+    // The battery did reach every answer the parser can give.
+    for s in [200, 206, 304, 412] {
+        assert!(statuses.contains(&s), "no {s} among {statuses:?}");
+    }
+    assert_eq!(inits(&marks), 1, "initfunc ran again: {}", fs::read_to_string(&marks).unwrap());
+    // Nothing of this is an error of the script's.
+    assert!(!a.error_log().contains("echo.so"), "{}", a.error_log());
+}
+
+/// mod_cgid answers a Range request with the whole body: its script's
+/// output reaches the byte-range filter in pieces, without the end of the
+/// stream, and the filter applies a range only to a body it has whole.
+/// mod_libcgi's small body arrives whole, so the filter applies the range.
+/// Where ours is the 206 and mod_cgid's the 200, the expected response is
+/// mod_cgid's with that range applied.
+fn unranged(cgi: &Response, lib: &Response) -> (u16, Vec<(String, String)>, String) {
+    let (status, mut h, body) = visible(cgi);
+    if !(lib.status == 206 && cgi.status == 200) {
+        return (status, h, body);
+    }
+    let range = lib.header("Content-Range").expect("a 206 without Content-Range");
+    let spec = range.strip_prefix("bytes ").and_then(|r| r.split_once('/')).expect("Content-Range");
+    let (from, to) = spec.0.split_once('-').expect("Content-Range");
+    let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
+    h.push(("content-range".into(), range.into()));
+    h.sort();
+    if cgi.body.is_empty() {
+        return (206, h, body); // HEAD
+    }
+    assert_eq!(spec.1, cgi.body.len().to_string(), "{range}");
+    (206, h, body[from..=to].to_string())
+}
+
+prefork_and_event!(headers_like_mod_cgid, long_line_ends_headers, conditional_like_mod_cgid);
