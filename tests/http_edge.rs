@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::time::Duration;
 
 /// A server with mod_cgid besides mod_libcgi, and tests/scripts/echo_out.c
 /// installed as /libcgi-bin/echo.so (initfunc marks `marks`) and as the CGI
@@ -266,3 +267,128 @@ fn unranged(cgi: &Response, lib: &Response) -> (u16, Vec<(String, String)>, Stri
 }
 
 prefork_and_event!(headers_like_mod_cgid, long_line_ends_headers, conditional_like_mod_cgid);
+
+// ---- Item 12: body memory ---------------------------------------------------
+
+fn fnv(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("len={} fnv={h:016x} nul=1", b.len())
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// The one server process, its peak RSS reset to its current RSS
+/// (/proc/PID/clear_refs, "5"), so that the next request's peak is measured
+/// alone.  Returns its pid and the RSS at the reset.
+fn reset_peak(a: &Apache) -> (u32, u64) {
+    let kids = a.children();
+    assert_eq!(kids.len(), 1, "expected one server process: {kids:?}");
+    let pid = kids[0];
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM through clear_refs");
+    let (hwm, rss) = (vm_hwm_kib(pid), vm_rss_kib(pid));
+    assert!(hwm <= rss + 1024, "clear_refs did not reset the peak: VmHWM {hwm} KiB, VmRSS {rss} KiB");
+    (pid, rss)
+}
+
+fn body_server(mpm: Mpm) -> Apache {
+    let mut cfg = Config::new(mpm);
+    cfg.threads = 4;
+    let a = Apache::start(cfg);
+    a.install("sum.so", "body_sum", &[]);
+    // Load the script and warm the process up with a body of each kind.
+    for r in [
+        Request::post("/libcgi-bin/sum.so", &[7; 200_000]),
+        Request::post("/libcgi-bin/sum.so", &[7; 200_000]).chunked(8192),
+    ] {
+        assert_eq!(a.send(r).status, 200);
+    }
+    a
+}
+
+const BODY: usize = 64 << 20;
+
+/// A 64 MiB body, declared or chunked, costs the server process about the
+/// body's size, and arrives byte for byte.
+fn big_body_costs_its_size(mpm: Mpm) {
+    let a = body_server(mpm);
+    let body: Vec<u8> = (0..BODY).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3]).collect();
+    let want = fnv(&body);
+    for chunked in [false, true] {
+        let (pid, before) = reset_peak(&a);
+        let mut req = Request::post("/libcgi-bin/sum.so", &body);
+        if chunked {
+            req = req.chunked(65536);
+        }
+        let r = a.send(req);
+        assert_eq!((r.status, r.text()), (200, want.clone()), "chunked={chunked}");
+        let grew = vm_hwm_kib(pid).saturating_sub(before);
+        let limit = (BODY as u64 / 1024) * 12 / 10 + 4096;
+        assert!(
+            grew <= limit,
+            "chunked={chunked}: peak RSS grew by {grew} KiB for a {} KiB body (limit {limit})",
+            BODY / 1024
+        );
+        eprintln!("{}: chunked={chunked}: peak RSS grew by {grew} KiB for a {} KiB body", mpm.name(), BODY / 1024);
+    }
+    // Small bodies (pool memory) and an empty one are exact too.
+    for n in [1, 100, 8191, 8192, 8193, 65535, 65536, 65537, 200_000] {
+        let b: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        for chunked in [None, Some(1000), Some(65536)] {
+            let mut req = Request::post("/libcgi-bin/sum.so", &b);
+            if let Some(c) = chunked {
+                req = req.chunked(c);
+            }
+            let r = a.send(req);
+            assert_eq!(r.text(), fnv(&b), "n={n} chunked={chunked:?}");
+        }
+    }
+    assert_eq!(a.send(Request::post("/libcgi-bin/sum.so", b"")).text(), "NULL");
+}
+
+/// A client that declares 64 MiB, sends 8 MiB and goes away costs what it
+/// sent, not what it declared; LimitRequestBody still answers 413.
+fn short_body_costs_what_arrived(mpm: Mpm) {
+    use std::io::Write;
+    let a = body_server(mpm);
+    let (pid, before) = reset_peak(&a);
+    let sent = 8 << 20;
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        let head = format!("POST /libcgi-bin/sum.so HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![1u8; sent]).unwrap();
+        // Wait until the server has read it all: its RSS shows it.
+        wait_for("the server to read what was sent", Duration::from_secs(20), || {
+            (vm_rss_kib(pid) >= before + (sent as u64 / 1024) * 9 / 10).then_some(())
+        });
+    }
+    // Closed: the request fails and its memory is given back.
+    wait_for("the body's memory to be given back", Duration::from_secs(20), || {
+        (vm_rss_kib(pid) < before + 2048).then_some(())
+    });
+    let grew = vm_hwm_kib(pid).saturating_sub(before);
+    let limit = (sent as u64 / 1024) * 12 / 10 + 4096;
+    assert!(grew <= limit, "peak RSS grew by {grew} KiB for {} KiB sent (limit {limit})", sent / 1024);
+    // The server goes on serving.
+    assert_eq!(a.send(Request::post("/libcgi-bin/sum.so", b"abc")).text(), fnv(b"abc"));
+
+    // LimitRequestBody 1024 under /tiny/: declared and chunked.
+    let big = vec![b'x'; 4096];
+    assert_eq!(a.send(Request::post("/tiny/sum.so", &big)).status, 413);
+    assert_eq!(a.send(Request::post("/tiny/sum.so", &big).chunked(512)).status, 413);
+    assert_eq!(a.send(Request::post("/tiny/sum.so", &big[..1000])).text(), fnv(&big[..1000]));
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+prefork_and_event_extra!(big_body_costs_its_size, short_body_costs_what_arrived);
