@@ -14,3 +14,4 @@
 #include <apr_buckets.h>
 #include <apr_tables.h>
 #include <apr_pools.h>
+#include <apr_fnmatch.h>

@@ -392,3 +392,93 @@ fn short_body_costs_what_arrived(mpm: Mpm) {
 }
 
 prefork_and_event_extra!(big_body_costs_its_size, short_body_costs_what_arrived);
+
+// ---- Item 7: the directory trust is checked up to -------------------------
+
+/// Makes `dir` and its parents up to `top` (exclusive), mode 0755.
+fn mkdirs(top: &std::path::Path, rel: &str) -> std::path::PathBuf {
+    let mut p = top.to_path_buf();
+    for c in rel.split('/') {
+        p = p.join(c);
+        if !p.exists() {
+            fs::create_dir(&p).unwrap();
+        }
+        chmod(&p, 0o755);
+    }
+    p
+}
+
+/// Trust is checked up to the directory of the innermost <Directory> that
+/// applies, whether it uses a LibCGI directive or not, with wildcards and
+/// regexes resolved to the directory they matched; with only a <Location>,
+/// up to "/".  Each case shows the root twice: a world-writable directory
+/// below it is refused, and a symlink out of it names it.
+fn trust_root(mpm: Mpm) {
+    let d = scratch("trust-layout");
+    let dd = d.display();
+    let a = Apache::start(Config::new(mpm).extra(&format!(
+        r#"Alias /wild/ {dd}/srv/
+<Directory {dd}/srv>
+  Options +ExecCGI
+</Directory>
+<Directory {dd}/srv/*/bin>
+  AddHandler libcgi-script .so
+  LibCGITimeout 20
+</Directory>
+Alias /rx/ {dd}/rx/
+<DirectoryMatch "^{dd}/rx/[^/]+/bin">
+  Options +ExecCGI
+  AddHandler libcgi-script .so
+</DirectoryMatch>
+Alias /loc/ {dd}/loc/
+<Location /loc/>
+  Options +ExecCGI
+  SetHandler libcgi-script
+</Location>"#
+    )));
+    let outside = mkdirs(&d, "outside");
+    build_script(&outside, "o.so", "t", &[]);
+    let canon = |p: &std::path::Path| fs::canonicalize(p).unwrap().display().to_string();
+    let refused = |url: &str, why: &str| {
+        let r = a.get(url);
+        assert_eq!(r.status, 403, "{url} was not refused: {r:?}\n{}", a.error_log());
+        a.wait_log(why, |l| l.lines().any(|x| x.contains(why)));
+    };
+    // (url prefix, the directory serving it, the root trust must stop at)
+    let cases = [
+        ("/libcgi-bin", a.bin.clone(), a.bin.clone()),
+        ("/wild/a/bin", mkdirs(&d, "srv/a/bin"), d.join("srv/a/bin")),
+        ("/rx/b/bin", mkdirs(&d, "rx/b/bin"), d.join("rx/b/bin")),
+        ("/loc", mkdirs(&d, "loc"), std::path::PathBuf::from("/")),
+    ];
+    for (url, dir, root) in &cases {
+        build_script(dir, "t.so", "t", &[]);
+        let ok = a.get(&format!("{url}/t.so"));
+        assert_eq!((ok.status, ok.text()), (200, "hello v0".to_string()), "{url}: {}", a.error_log());
+        // A world-writable directory two levels above the script, still
+        // below the root: refused (before, for the README's own
+        // <Directory>, only the script's own directory was checked).
+        let deep = mkdirs(dir, "open/deep");
+        build_script(&deep, "s.so", "t", &[]);
+        chmod(&dir.join("open"), 0o777);
+        refused(
+            &format!("{url}/open/deep/s.so"),
+            &format!("the directory {} is group- or world-writable", canon(&dir.join("open"))),
+        );
+        if root != std::path::Path::new("/") {
+            std::os::unix::fs::symlink(outside.join("o.so"), dir.join("out.so")).unwrap();
+            refused(&format!("{url}/out.so"), &format!("it resolves outside {}, where", canon(root)));
+        }
+    }
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+#[test]
+fn trust_root_prefork() {
+    trust_root(Mpm::Prefork)
+}
+
+#[test]
+fn trust_root_event() {
+    trust_root(Mpm::Event)
+}
