@@ -181,6 +181,17 @@ fn long_line_ends_headers(mpm: Mpm) {
         assert_eq!(r.header("Location"), None);
     }
     a.wait_log("the parser's log line", |l| l.contains("End of script output before headers: echo.so"));
+
+    // Good lines accumulate up to 1 MiB (the one place where mod_libcgi
+    // refuses what mod_cgid would take): then 500 and one log line.
+    let mut b = Vec::new();
+    while b.len() <= (1 << 20) + 10_000 {
+        b.extend_from_slice(format!("X-N-{}: {}\n", b.len(), "v".repeat(100)).as_bytes());
+    }
+    b.extend_from_slice(b"\nbody");
+    let r = a.send(post("libcgi-bin", "?split=4096", &b));
+    assert_eq!(r.status, 500);
+    a.wait_log("the header block limit", |l| l.contains("echo.so: script header block exceeds 1048576 bytes"));
 }
 
 /// Item 4: conditional requests get mod_cgid's answers and never reload the
