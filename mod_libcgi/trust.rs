@@ -151,6 +151,7 @@ pub unsafe fn check(fd: &OwnedFd, r: *const sys::request_rec, cfg: &Settings) ->
         ));
     }
     let root = allowed_root(r).ok_or("cannot resolve the configured script directory")?;
+    crate::log::rlog!(r, APLOG_DEBUG, "{}: trusted if safe up to {}", real.display(), root.display());
     if !real.starts_with(&root) {
         return Err(format!(
             "refusing to load {}: it resolves outside {}, where the handler is configured",

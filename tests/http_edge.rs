@@ -484,6 +484,59 @@ Alias /loc/ {dd}/loc/
     assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
 }
 
+/// The root is the deepest of the <Directory> sections Apache applies, as
+/// each matched: for scripts under plain, wildcard (`*`, `?`, `[ab]`,
+/// prefix) and regex sections, nested, the sections Apache applied (each
+/// sets its own SEC_n variable, which the script reports) are the expected
+/// ones, and the root mod_libcgi logs is the deepest of their directories.
+fn trust_root_matches_apache(mpm: Mpm) {
+    let d = scratch("trust-match");
+    let m = d.join("m");
+    let md = m.display();
+    let sections = [
+        format!("<Directory {md}>\n  Options +ExecCGI\n  AddHandler libcgi-script .so\n  SetEnv SEC_0 1\n</Directory>"),
+        format!("<Directory {md}/*/x>\n  SetEnv SEC_1 1\n</Directory>"),
+        format!("<Directory {md}/a*>\n  SetEnv SEC_2 1\n</Directory>"),
+        format!("<Directory {md}/?/y>\n  SetEnv SEC_3 1\n</Directory>"),
+        format!("<Directory {md}/[ab]/z>\n  SetEnv SEC_4 1\n</Directory>"),
+        format!("<DirectoryMatch \"^{md}/[a-c]/rx\">\n  SetEnv SEC_5 1\n</DirectoryMatch>"),
+        format!("<Directory ~ \"{md}/b/t[0-9]\">\n  SetEnv SEC_6 1\n</Directory>"),
+        format!("<Directory {md}/a/x/deeper>\n  SetEnv SEC_7 1\n</Directory>"),
+        "<DirectoryMatch \"/q/\">\n  SetEnv SEC_8 1\n</DirectoryMatch>".to_string(),
+    ];
+    let mut cfg = Config::new(mpm).extra(&format!("Alias /m/ {md}/\n{}", sections.join("\n")));
+    cfg.loglevel = "warn libcgi:debug".into();
+    let a = Apache::start(cfg);
+    // (script under m/, the sections Apache applies, the root under m/)
+    let cases: [(&str, &[u32], &str); 10] = [
+        ("a/x/s.so", &[0, 1, 2], "a/x"),
+        ("ab/s.so", &[0, 2], "ab"),
+        ("c/y/s.so", &[0, 3], "c/y"),
+        ("b/z/s.so", &[0, 4], "b/z"),
+        ("c/rx/s.so", &[0, 5], "c/rx"),
+        // The regex ends inside the name t12: the directory holding it.
+        ("b/t12/s.so", &[0, 6], "b"),
+        ("a/x/deeper/s.so", &[0, 1, 2, 7], "a/x/deeper"),
+        ("q/s.so", &[0, 8], "q"),
+        ("zz/s.so", &[0], ""),
+        ("dd/x/s.so", &[0, 1], "dd/x"),
+    ];
+    for (script, secs, root) in cases {
+        let dir = mkdirs(&d, &format!("m/{}", script.rsplit_once('/').unwrap().0));
+        build_script(&dir, "s.so", "echo_out", &[]);
+        let r = a.get(&format!("/m/{script}?v=sec"));
+        assert_eq!(r.status, 200, "{script}: {}", a.error_log());
+        let applied: Vec<u32> = r.text().lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(applied, secs, "{script}: the sections Apache applied");
+        let real = fs::canonicalize(d.join("m").join(script)).unwrap();
+        let want_root = fs::canonicalize(if root.is_empty() { m.clone() } else { m.join(root) }).unwrap();
+        let line = format!("{}: trusted if safe up to {}\n", real.display(), want_root.display());
+        a.wait_log(&format!("{script}: the root {}", want_root.display()), |l| {
+            l.lines().any(|x| x.ends_with(line.trim_end()))
+        });
+    }
+}
+
 #[test]
 fn trust_root_prefork() {
     trust_root(Mpm::Prefork)
@@ -492,4 +545,14 @@ fn trust_root_prefork() {
 #[test]
 fn trust_root_event() {
     trust_root(Mpm::Event)
+}
+
+#[test]
+fn trust_root_matches_apache_prefork() {
+    trust_root_matches_apache(Mpm::Prefork)
+}
+
+#[test]
+fn trust_root_matches_apache_event() {
+    trust_root_matches_apache(Mpm::Event)
 }

@@ -8,6 +8,7 @@
  *   GET ?v=etag|lm|both|none|status : a small response with an ETag, a
  *                           Last-Modified, both, neither, or an explicit
  *                           Status besides both (for conditional requests)
+ *   GET ?v=sec         : the n of every SEC_n variable set (tests/http_edge.rs)
  *   -DMARK_FILE="p"         initfunc/terminatefunc append a line to file p
  */
 #include <fcntl.h>
@@ -66,6 +67,17 @@ static int has(const char *v)
 
 int processfunc(char *input)
 {
+    if (input == NULL && has("sec")) {
+        /* Which of the test's sections (SetEnv SEC_n) Apache applied. */
+        lputs("Content-Type: text/plain\n\n");
+        for (int i = 0; i < 16; i++) {
+            char n[16];
+            snprintf(n, sizeof n, "SEC_%d", i);
+            if (getenv(n))
+                lprintf("%d\n", i);
+        }
+        return 0;
+    }
     if (input == NULL) {
         const char *h = has("etag") ? ETAG : has("lm") ? LASTMOD : has("both") ? ETAG LASTMOD
                       : has("status") ? "Status: 200 OK\n" ETAG LASTMOD : "";
