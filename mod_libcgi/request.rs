@@ -121,7 +121,7 @@ impl Request {
         // The usual case: the whole header block arrives in one write.  Parse
         // it where it is, without copying it into the buffer first.
         if self.hdr.is_empty() {
-            if let Some(end) = header_end(data, 0) {
+            if let Some(end) = header_end(data) {
                 let status = self.parse_headers(&data[..end]);
                 return self.headers_parsed(status, &data[end..], data.len());
             }
@@ -348,13 +348,13 @@ impl Request {
 }
 
 /// Where the block ends: the index just past the line (up to and including
-/// its LF) that Apache's parser takes for the end of the headers, searching
-/// from `from`, the start of a line.  The parser sees a line with its CRs
-/// removed (anywhere in it) and up to its first NUL, so the end is the first
-/// line that is empty once its CRs are gone, or whose first other byte is a
-/// NUL.  Whether the lines before it are acceptable is the parser's to say.
-fn header_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut s = from;
+/// its LF) that Apache's parser takes for the end of the headers.  The
+/// parser sees a line with its CRs removed (anywhere in it) and up to its
+/// first NUL, so the end is the first line that is empty once its CRs are
+/// gone, or whose first other byte is a NUL.  Whether the lines before it
+/// are acceptable is the parser's to say.
+fn header_end(buf: &[u8]) -> Option<usize> {
+    let mut s = 0;
     loop {
         let mut j = s;
         while buf.get(j) == Some(&b'\r') {

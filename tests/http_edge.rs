@@ -226,10 +226,10 @@ fn conditional_like_mod_cgid(mpm: Mpm) {
     ];
     let mut statuses = std::collections::BTreeSet::new();
     for v in ["etag", "lm", "both", "none", "status"] {
-        for method in ["GET", "HEAD"] {
+        for (method, split) in [("GET", 0), ("GET", 5), ("HEAD", 0), ("HEAD", 7), ("POST", 0)] {
             for c in &conds {
                 let req = |prefix: &str| {
-                    let mut r = Request::new(method, &format!("/{prefix}/echo.so?v={v}"));
+                    let mut r = Request::new(method, &format!("/{prefix}/echo.so?v={v}&split={split}"));
                     for (k, val) in c {
                         r = r.header(k, val);
                     }
@@ -237,7 +237,7 @@ fn conditional_like_mod_cgid(mpm: Mpm) {
                 };
                 let cgi = a.send(req("cgi-bin"));
                 let lib = a.send(req("libcgi-bin"));
-                let what = format!("{method} v={v} {c:?}");
+                let what = format!("{method} v={v} split={split} {c:?}");
                 complete(&lib, &what);
                 assert_eq!(visible(&lib), unranged(&cgi, &lib), "{what}: mod_libcgi (left) vs mod_cgid");
                 statuses.insert(lib.status);

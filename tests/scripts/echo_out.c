@@ -7,7 +7,8 @@
  *                           bytes (0: one call); ?at=K: two calls, split at K
  *   GET ?v=etag|lm|both|none|status : a small response with an ETag, a
  *                           Last-Modified, both, neither, or an explicit
- *                           Status besides both (for conditional requests)
+ *                           Status besides both (for conditional requests),
+ *                           written as ?split= / ?at= say
  *   GET ?v=sec         : the n of every SEC_n variable set (tests/http_edge.rs)
  *   -DMARK_FILE="p"         initfunc/terminatefunc append a line to file p
  */
@@ -78,13 +79,16 @@ int processfunc(char *input)
         }
         return 0;
     }
+    static char out[512];
+    size_t len;
     if (input == NULL) {
         const char *h = has("etag") ? ETAG : has("lm") ? LASTMOD : has("both") ? ETAG LASTMOD
                       : has("status") ? "Status: 200 OK\n" ETAG LASTMOD : "";
-        lprintf("Content-Type: text/plain\nSet-Cookie: c=1\nX-Script: yes\n%s\n0123456789", h);
-        return 0;
+        len = (size_t)snprintf(out, sizeof out, "Content-Type: text/plain\nSet-Cookie: c=1\nX-Script: yes\n%s\n0123456789", h);
+        input = out;
+    } else {
+        len = linput_length();
     }
-    size_t len = linput_length();
     long split = param("split", 0), at = param("at", -1);
     /* The script ignores what lwrite says: both servers must see the same
      * output, whatever they make of it. */
