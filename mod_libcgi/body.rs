@@ -102,8 +102,10 @@ impl Buf {
     unsafe fn map_at_least(&mut self, pool: *mut sys::apr_pool_t, need: usize) -> Result<(), usize> {
         let size = page_round((self.cap.saturating_mul(2)).max(need).saturating_add(1));
         if self.map.is_null() {
-            // SAFETY (of the calls below): a fresh private anonymous
-            // mapping; only this request's thread touches it.
+            // SAFETY: a fresh private anonymous mapping, touched only by this
+            // request's thread and unmapped only by the pool cleanup
+            // registered right after it (and so after the last use of the
+            // body, which lives as long as the request pool).
             let addr = libc::mmap(
                 ptr::null_mut(),
                 size,
@@ -118,10 +120,16 @@ impl Buf {
             let m = sys::apr_palloc(pool, std::mem::size_of::<Mapping>()) as *mut Mapping;
             m.write(Mapping { addr, size });
             sys::apr_pool_cleanup_register(pool, m as *const c_void, Some(unmap), Some(sys::apr_pool_cleanup_null));
-            ptr::copy_nonoverlapping(self.ptr, addr as *mut u8, self.len);
+            if self.len > 0 {
+                // SAFETY: `ptr` holds `len` bytes of body in the pool, and
+                // the new mapping is at least that large.
+                ptr::copy_nonoverlapping(self.ptr, addr as *mut u8, self.len);
+            }
             self.map = m;
         } else {
             let m = &mut *self.map;
+            // SAFETY: `m` is the mapping this Buf made; nothing else points
+            // into it yet (the body is handed out only once read).
             let addr = libc::mremap(m.addr, m.size, size, libc::MREMAP_MAYMOVE);
             if addr == libc::MAP_FAILED {
                 return Err(size);
