@@ -55,6 +55,9 @@ fn owner_rule(cfg: &Settings) -> String {
 /// `r` is a live request.
 unsafe fn allowed_root(r: *const sys::request_rec) -> Option<PathBuf> {
     let filename = CStr::from_ptr((*r).filename);
+    // SAFETY: the server's core config and its sec_dir array are built at
+    // startup and only read afterwards; every element is a section's config
+    // vector, whose core entry is that section's core_dir_config.
     let sconf = sys::ap_get_core_module_config((*(*r).server).module_config) as *const sys::core_server_config;
     let secs = (*sconf).sec_dir;
     let mut best: Option<&[u8]> = None;
@@ -82,6 +85,9 @@ unsafe fn allowed_root(r: *const sys::request_rec) -> Option<PathBuf> {
 
 /// A plain or wildcard <Directory>: the directory of r->filename it
 /// matches, as ap_directory_walk matches it at the level of its components.
+///
+/// # Safety
+/// `core` is a live section's core config (`d` a C string).
 unsafe fn plain_match<'a>(core: &sys::core_dir_config, filename: &'a CStr) -> Option<&'a [u8]> {
     let f = filename.to_bytes();
     let n = core.d_components as usize;
@@ -105,6 +111,9 @@ unsafe fn plain_match<'a>(core: &sys::core_dir_config, filename: &'a CStr) -> Op
 /// r->filename, as ap_directory_walk does; the directory is where the match
 /// ends, or, when it ends inside a name, the directory holding that name
 /// (checking more directories, never fewer).
+///
+/// # Safety
+/// `core` is a live regex section's core config (`r` its compiled regex).
 unsafe fn regex_match<'a>(core: &sys::core_dir_config, filename: &'a CStr) -> Option<&'a [u8]> {
     let mut m = sys::ap_regmatch_t { rm_so: -1, rm_eo: -1 };
     if sys::ap_regexec(core.r, filename.as_ptr(), 1, &mut m, 0) != 0 || m.rm_eo < 0 {
