@@ -212,7 +212,7 @@ impl Request {
         let mut line = std::mem::MaybeUninit::<[c_char; sys::HUGE_STRING_LEN as usize]>::uninit();
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
         // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
-        unsafe {
+        let status = unsafe {
             let status = sys::ap_scan_script_header_err_core_ex(
                 self.r,
                 line.as_mut_ptr() as *mut c_char,
@@ -236,7 +236,9 @@ impl Request {
             }
             sys::apr_table_unset(out, c"Transfer-Encoding".as_ptr());
             status
-        }
+        };
+        crate::metrics::header_parse_done();
+        status
     }
 
     /// The Location that makes this a redirect, as mod_cgi decides it: only
