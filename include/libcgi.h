@@ -14,8 +14,18 @@
 
 #include <stddef.h>
 
+/*
+ * In C++ the script's functions are noexcept: an exception must not leave
+ * them (the module cannot catch it).  With the declarations noexcept, one
+ * that escapes calls std::terminate inside the script, which aborts: a
+ * fault mod_libcgi contains (500, unload), never an unwind through the
+ * server's frames.  Definitions must say noexcept too.
+ */
 #ifdef __cplusplus
+#define LIBCGI_NOEXCEPT noexcept
 extern "C" {
+#else
+#define LIBCGI_NOEXCEPT
 #endif
 
 /* ---- Exported by the script ------------------------------------------- */
@@ -29,7 +39,7 @@ extern "C" {
  * Return 0 on success.  Non-zero means failure: the client gets a 500 if
  * nothing was sent to it yet; the failure is logged either way.
  */
-int processfunc(char *input);
+int processfunc(char *input) LIBCGI_NOEXCEPT;
 
 /*
  * Optional.  Called once after the script is loaded, before the first
@@ -37,14 +47,14 @@ int processfunc(char *input);
  * that request's variables).  Non-zero: the load failed, the request gets a
  * 500, and the next request tries to load the script again.
  */
-int initfunc(void);
+int initfunc(void) LIBCGI_NOEXCEPT;
 
 /*
  * Optional.  Called once before the script is unloaded: when the file was
  * replaced and no request uses the old version any more, after the script
  * failed, and when the server process exits or restarts gracefully.
  */
-void terminatefunc(void);
+void terminatefunc(void) LIBCGI_NOEXCEPT;
 
 /*
  * Optional.  Define it as 1 when processfunc may run on several threads of
