@@ -13,9 +13,6 @@ use std::time::Duration;
 
 #[repr(C)]
 pub struct DirConf {
-    /// The filesystem directory of the <Directory> section this config was
-    /// made for (null for <Location>/<Files> and the server config).
-    pub root: *const c_char,
     /// Microseconds; -1 unset.
     pub timeout_us: i64,
     pub max_faults: c_int,
@@ -26,12 +23,9 @@ pub struct DirConf {
     pub owner_uid: i64,
 }
 
-pub unsafe extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, dir: *mut c_char) -> *mut c_void {
+pub unsafe extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
     let c = sys::apr_palloc(p, std::mem::size_of::<DirConf>()) as *mut DirConf;
-    // Only <Directory> sections give an absolute filesystem path here.
-    let root =
-        if !dir.is_null() && *dir == b'/' as c_char { sys::apr_pstrdup(p, dir) as *const c_char } else { ptr::null() };
-    c.write(DirConf { root, timeout_us: -1, max_faults: -1, fault_window_s: -1, fault_action: -1, owner_uid: -1 });
+    c.write(DirConf { timeout_us: -1, max_faults: -1, fault_window_s: -1, fault_action: -1, owner_uid: -1 });
     c as *mut c_void
 }
 
@@ -40,7 +34,6 @@ pub unsafe extern "C" fn merge_dir_config(p: *mut sys::apr_pool_t, base: *mut c_
     let c = sys::apr_palloc(p, std::mem::size_of::<DirConf>()) as *mut DirConf;
     let pick = |x: i64, y: i64| if x >= 0 { x } else { y };
     c.write(DirConf {
-        root: if a.root.is_null() { b.root } else { a.root },
         timeout_us: pick(a.timeout_us, b.timeout_us),
         max_faults: pick(a.max_faults as i64, b.max_faults as i64) as c_int,
         fault_window_s: pick(a.fault_window_s as i64, b.fault_window_s as i64) as c_int,
@@ -116,7 +109,6 @@ unsafe extern "C" fn set_owner(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *
 
 /// The settings that apply to a request, with defaults filled in.
 pub struct Settings {
-    pub root: *const c_char,
     pub timeout: Option<Duration>,
     pub max_faults: u32,
     pub fault_window: Duration,
@@ -130,7 +122,6 @@ pub unsafe fn settings(r: *const sys::request_rec) -> Settings {
     let c = &*(sys::ap_get_module_config((*r).per_dir_config, ptr::addr_of!(crate::libcgi_module)) as *const DirConf);
     let timeout_us = if c.timeout_us >= 0 { c.timeout_us } else { (*(*r).server).timeout };
     Settings {
-        root: c.root,
         timeout: (timeout_us > 0).then(|| Duration::from_micros(timeout_us as u64)),
         max_faults: if c.max_faults >= 0 { c.max_faults as u32 } else { 5 },
         fault_window: Duration::from_secs(if c.fault_window_s > 0 { c.fault_window_s as u64 } else { 60 }),

@@ -288,9 +288,16 @@ unsafe fn finish_other(registry: &Registry, script: &Arc<Script>, req: &mut Requ
             HTTP_INTERNAL_SERVER_ERROR
         }
         Phase::Discard => {
+            // A condition of the request decided the answer, as mod_cgi
+            // answers it: a 304 goes out as the response itself (so that
+            // mod_cache can revalidate with it), anything else (412) as an
+            // error response.  The script did nothing wrong: it stays loaded.
             if req.header_status == sys::HTTP_NOT_MODIFIED as c_int {
                 (*r).status = req.header_status;
                 return OK;
+            }
+            if req.header_status != OK {
+                return req.header_status;
             }
             let Some(loc) = req.redirect_location() else {
                 return OK;
