@@ -596,7 +596,7 @@ LIFECYCLE = [
     (r"AH00489|AH00490|AH00491|AH00492", "server life cycle"),
     (r"AH00169|caught SIGTERM", "stop at the end"),
     (r"AH00161|reached MaxRequestWorkers", "server full (64+ connections, slow and looping requests)"),
-    (r"AH00484|AH00485|scoreboard is full", "server full during a graceful restart"),
+    (r"AH00484|AH00485|AH10159|scoreboard is full|within MinSpareThreads", "server full (64+ connections, slow and looping requests)"),
     (r"AH00286|AH00287|AH00288", "server full"),
 ]
 
@@ -637,7 +637,10 @@ def analyse(soak, log_text):
         msg = re.sub(r"/\S*/", "", msg)  # script names without the scratch directory
         t = parse_time(ts)
         if cport:
-            cands = [r for r in by_port.get(int(cport), []) if r.start - 0.5 <= t <= (r.end or t) + 0.5]
+            # A client port is one connection at a time and the server logs
+            # while the request is open, so at most one request contains t
+            # (a few ms of slack for the two clocks' reads).
+            cands = [r for r in by_port.get(int(cport), []) if r.start - 0.003 <= t <= (r.end or t) + 0.003]
             if len(cands) == 1 and kind_is(cands[0], "fault_"):
                 fault_lines[id(cands[0])] = fault_lines.get(id(cands[0]), 0) + 1
                 key = "fault: " + re.sub(r"0x[0-9a-f]+|\d+", "N", msg)[:90]
@@ -883,6 +886,14 @@ def main():
         f.write("t,procs,rss_total_kib,rss_max_kib,parent_fds,child_fds_max\n")
         for s in soak.samples:
             f.write(f"{s[0] - t0:.2f},{s[1]},{s[2]},{s[3]},{s[4]},{s[5]}\n")
+    with gzip.open(os.path.join(a.out, f"{a.mpm}-requests.csv.gz"), "wt") as f:
+        f.write("kind,start,end,client_port,status,outcome,x_pid,x_version,detail\n")
+        for r in soak.results:
+            f.write(f"{r.kind},{r.start:.6f},{r.end:.6f},{r.port},{r.status},{r.outcome},{r.pid},{r.version},{r.detail.replace(',', ';')}\n")
+    with gzip.open(os.path.join(a.out, f"{a.mpm}-kills.csv.gz"), "wt") as f:
+        f.write("time,pid,client_ports\n")
+        for t, pid, ports in soak.kills:
+            f.write(f"{t:.6f},{pid},{' '.join(map(str, sorted(ports)))}\n")
     with gzip.open(os.path.join(a.out, f"{a.mpm}-error.log.gz"), "wt") as f:
         f.write(log_text)
     try:

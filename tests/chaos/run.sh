@@ -22,6 +22,11 @@ if [[ -z "$module" ]]; then
     cargo build --release
     module=$PWD/target/release/libmod_libcgi.so
 fi
+# A private copy: the parent re-reads its modules at every graceful restart,
+# and a rebuild during the soak must not change (or overwrite) what it loads.
+mkdir -p target/chaos
+cp "$module" target/chaos/mod_libcgi.so.tmp && mv -f target/chaos/mod_libcgi.so.tmp target/chaos/mod_libcgi.so
+module=$PWD/target/chaos/mod_libcgi.so
 if [[ "${1:-}" == "--short" ]]; then
     out=target/chaos/short
     args=(--requests 20000 --max-seconds 40 --kill-every 3 --graceful-every 7 --swap-every 1)
