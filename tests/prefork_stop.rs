@@ -142,7 +142,7 @@ fn stop_during_a_request_does_not_hang() {
 /// LibCGITimeout 0 nothing bounds it but that SIGKILL after 9 s: reported.)
 #[test]
 fn stop_with_a_looping_terminatefunc_is_bounded_by_the_timeout() {
-    let (mut a, mark) = server_with("termloop", "LibCGITimeout 1", &["-DTERM_LOOP"]);
+    let (a, mark) = server_with("termloop", "LibCGITimeout 1", &["-DTERM_LOOP"]);
     let kids = load_everywhere(&a, &mark);
     let t0 = Instant::now();
     // SAFETY: signalling the server we started.

@@ -117,6 +117,23 @@ def fd_count(pid):
         return None
 
 
+def file_fds(pid):
+    """Descriptors that are not sockets or pipes: files, mapped scripts.
+    Connections come and go with the load; these must not grow."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not t.startswith(("socket:", "pipe:")):
+                n += 1
+    except OSError:
+        return None
+    return n
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -126,6 +143,18 @@ def rss_kib(pid):
     except OSError:
         return None
     return None
+
+
+def all_stopped(pid):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for t in tasks:
+        f = stat_fields(f"{pid}/task/{t}")
+        if f and f[0] not in ("T", "t", "Z", "X"):
+            return False
+    return True
 
 
 def socket_inodes(pid):
@@ -562,7 +591,10 @@ class Soak:
                 os.kill(victim, signal.SIGSTOP)
             except ProcessLookupError:
                 continue
-            # Stopped: it accepts nothing more; these are its connections.
+            # kill() returns before the signal is delivered: only once every
+            # thread is stopped does the process accept nothing more, and
+            # then these are all its connections.
+            wait_until(lambda: all_stopped(victim), 2, "", fail=False)
             ports = client_ports_of(victim, self.srv.port)
             t = time.time()
             os.kill(victim, signal.SIGKILL)
@@ -574,8 +606,9 @@ class Soak:
             kids = [p for p in procs if p != self.srv.pid]
             rss = [r for r in (rss_kib(p) for p in kids) if r]
             fds = [f for f in (fd_count(p) for p in kids) if f]
+            ffds = [f for f in (file_fds(p) for p in kids) if f]
             self.samples.append(
-                (time.time(), len(procs), sum(rss), max(rss or [0]), fd_count(self.srv.pid) or 0, max(fds or [0]))
+                (time.time(), len(procs), sum(rss), max(rss or [0]), fd_count(self.srv.pid) or 0, max(fds or [0]), max(ffds or [0]))
             )
             self.stopping.wait(0.5)
 
@@ -730,7 +763,8 @@ def plot(samples, path, title, t0):
     ax[0].set_ylabel("RSS (MiB)")
     ax[0].legend(loc="upper left", fontsize=8)
     ax[1].plot(t, [s[4] for s in samples], label="parent")
-    ax[1].plot(t, [s[5] for s in samples], label="largest child")
+    ax[1].plot(t, [s[5] for s in samples], label="largest child (all)")
+    ax[1].plot(t, [s[6] for s in samples], label="largest child (files, not sockets/pipes)")
     ax[1].set_ylabel("open descriptors")
     ax[1].legend(loc="upper left", fontsize=8)
     ax[2].plot(t, [s[1] for s in samples])
@@ -780,6 +814,7 @@ def main():
         "session_procs": len(session_procs(srv.pid)),
         "parent_fds": fd_count(srv.pid),
         "child_fds": max(fd_count(p) or 0 for p in children(srv.pid)),
+        "child_file_fds": max(file_fds(p) or 0 for p in children(srv.pid)),
         "parent_rss_kib": rss_kib(srv.pid),
     }
     soak = Soak(a, srv)
@@ -855,6 +890,7 @@ def main():
     an["rss_total_max_mib"] = round(max(s[2] for s in soak.samples) / 1024, 1) if soak.samples else None
     an["fd_max_child"] = max(s[5] for s in soak.samples) if soak.samples else None
     an["fd_max_parent"] = max(s[4] for s in soak.samples) if soak.samples else None
+    an["file_fd_max_child"] = max(s[6] for s in soak.samples) if soak.samples else None
     an["args"] = vars(a)
     problems = []
     if an["counts"]["unexplained"]:
@@ -871,6 +907,10 @@ def main():
         problems.append(f"parent descriptors: {before['parent_fds']} before, {after['parent_fds']} after")
     if after["child_fds"] > before["child_fds"] + a.fd_slack:
         problems.append(f"an idle child holds {after['child_fds']} descriptors (bound {before['child_fds']} + {a.fd_slack})")
+    # Each of the 3 scripts may hold one descriptor while loaded, plus one
+    # for a version being replaced.
+    if an["file_fd_max_child"] is not None and an["file_fd_max_child"] > before["child_file_fds"] + 6:
+        problems.append(f"a child held {an['file_fd_max_child']} file descriptors (bound {before['child_file_fds']} + 6: a leak)")
     if an["rss_max_process_mib"] is not None and an["rss_max_process_mib"] > a.rss_bound_mib:
         problems.append(f"a server process reached {an['rss_max_process_mib']} MiB RSS (bound {a.rss_bound_mib})")
     if stop_s > 10:
@@ -883,9 +923,9 @@ def main():
     with open(os.path.join(a.out, f"{a.mpm}.json"), "w") as f:
         json.dump(an, f, indent=1, default=sorted)
     with open(os.path.join(a.out, f"{a.mpm}-samples.csv"), "w") as f:
-        f.write("t,procs,rss_total_kib,rss_max_kib,parent_fds,child_fds_max\n")
+        f.write("t,procs,rss_total_kib,rss_max_kib,parent_fds,child_fds_max,child_file_fds_max\n")
         for s in soak.samples:
-            f.write(f"{s[0] - t0:.2f},{s[1]},{s[2]},{s[3]},{s[4]},{s[5]}\n")
+            f.write(f"{s[0] - t0:.2f},{s[1]},{s[2]},{s[3]},{s[4]},{s[5]},{s[6]}\n")
     with gzip.open(os.path.join(a.out, f"{a.mpm}-requests.csv.gz"), "wt") as f:
         f.write("kind,start,end,client_port,status,outcome,x_pid,x_version,detail\n")
         for r in soak.results:

@@ -17,7 +17,7 @@ for mpm in ("prefork", "event"):
         f"| {mpm} | {c['requests']:,} | {d['duration_s']:.0f} | {c['exact']:,} | {c['fault']:,} | {c['hostile']:,} "
         f"| {c['explained']:,} | **{c['unexplained']}** | {d['unexplained_log_count']} | {d['kills']} ({d['kill_ports']} conns) "
         f"| {d['gracefuls']} | {d['swaps']} | {d['rss_max_process_mib']} / {d['rss_total_max_mib']} "
-        f"| {d['fd_max_parent']} / {d['fd_max_child']} | {d['before']['session_procs']} / {d['after']['session_procs']} "
+        f"| {d['fd_max_parent']} / {d['fd_max_child']} / {d.get('file_fd_max_child')} | {d['before']['session_procs']} / {d['after']['session_procs']} "
         f"| {d['before']['parent_fds']} / {d['after']['parent_fds']} | {d['before']['child_fds']} / {d['after']['child_fds']} "
         f"| {d['stop_seconds']} | {'none' if not d['problems'] else '; '.join(d['problems'])} |"
     )
@@ -43,10 +43,11 @@ head = """# mod_libcgi chaos soak
 
 Produced by `tests/chaos/run.sh` (see `tests/chaos/chaos.py` for what every column means).
 RSS is the largest single server process / all server processes together (MiB, sampled every 0.5 s);
-descriptors are the parent / the largest child over the run; "before / after" are counted with the
+descriptors are the parent / the largest child (all; connections included) / the largest child's
+files (neither sockets nor pipes: a leak of script descriptors shows here) over the run; "before / after" are counted with the
 server idle before the load and after it settled.
 
-| MPM | requests | s | exact | faults (500 + 1 log line) | hostile | explained by a kill | unexplained | unexplained log lines | kill -9 | graceful | swaps | RSS MiB max | fds max | procs before/after | parent fds before/after | idle child fds before/after | stop s | problems |
+| MPM | requests | s | exact | faults (500 + 1 log line) | hostile | explained by a kill | unexplained | unexplained log lines | kill -9 | graceful | swaps | RSS MiB max | fds max: parent / child / child files | procs before/after | parent fds before/after | idle child fds before/after | stop s | problems |
 |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|
 """
 with open(os.path.join(out, "report.md"), "w") as f:
