@@ -17,7 +17,7 @@ use crate::trust;
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ impl Script {
             // The checks look at what was opened, not at what the path named
             // a moment ago: they and dlopen see the same file.
             trust::check(&fd, r, cfg).map_err(LoadError::forbidden)?;
+            crate::elfcheck::whole(fd.as_fd())
+                .map_err(|e| LoadError::failed(format!("not a loadable shared object: {e}")))?;
             // RTLD_LOCAL: a script's symbols never become visible to other
             // scripts.  RTLD_DEEPBIND: the script's own definitions win over
             // the server's (its own `random`, say), as in a CGI process.
