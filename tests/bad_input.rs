@@ -89,7 +89,8 @@ fn huge_request_headers(mpm: Mpm) {
 }
 
 /// Content-Length: 10 GiB with LimitRequestBody 1 MiB: 413 at once, without
-/// waiting for (or reading) a byte of the body.  Apache's line for it is at
+/// waiting for (or reading) a byte of the body; a chunked body of more than
+/// the limit: 413 once the limit is passed.  Apache's line for it is at
 /// LogLevel info (as for mod_cgi), so this server logs at info.
 fn ten_gib_content_length(mpm: Mpm) {
     let mut cfg = Config::new(mpm).extra("LimitRequestBody 1048576");
@@ -102,20 +103,42 @@ fn ten_gib_content_length(mpm: Mpm) {
         "POST /libcgi-bin/fault.so HTTP/1.1\r\nHost: x\r\nContent-Length: 10737418240\r\nConnection: close\r\n\r\n";
     assert_eq!(raw(&a, req.as_bytes()).0, 413);
     assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
-    a.wait_log("the limit line", |l| l.contains("10737418240") && l.contains("larger than the configured limit"));
+    a.wait_log("Apache's limit line", |l| l.contains("10737418240") && l.contains("larger than the configured limit"));
+    let log = a.wait_log("the module's line", |l| {
+        l.contains("fault.so: request body not read: refused by Apache's input filters")
+    });
+    assert_eq!(lines_with(&log, "[libcgi:").len(), 1, "{log}");
+    // A chunked body over the limit is found while the module reads it: 413
+    // and the module's one line beside Apache's.
+    let mut chunked =
+        b"POST /libcgi-bin/fault.so HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..1100 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b'y'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(raw(&a, &chunked).0, 413);
+    let log = a.wait_log("the module's second line", |l| lines_with(l, "request body not read: refused by").len() == 2);
+    assert_eq!(lines_with(&log, "[libcgi:").len(), 2, "{log}");
     unharmed(&a, &pid);
 }
 
 /// A chunked body that stops arriving: the read times out (Timeout 2 here),
-/// the request is answered without running the script, one line.
+/// 408 without running the script, one line (before: no line at all).  One
+/// that never ends is cut at LimitRequestBody: 413 (core.rs shows it).
 fn chunked_body_that_never_ends(mpm: Mpm) {
     let (a, pid) = server(mpm, "Timeout 2\nLibCGITimeout 10");
     let t0 = Instant::now();
     let req = "POST /libcgi-bin/fault.so?mode=segv HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n";
     let (st, _) = raw(&a, req.as_bytes());
     let took = t0.elapsed();
-    assert!(st == 400 || st == 408 || st == 0, "status {st}");
+    assert_eq!(st, 408);
     assert!(took < Duration::from_secs(8), "took {took:?}");
+    let log = a.wait_log("the module's line", |l| {
+        l.contains("fault.so: request body not read: the client stopped sending it")
+    });
+    assert_eq!(lines_with(&log, "[libcgi:").len(), 1, "{log}");
     // The script never ran (it would have faulted and said so).
     assert!(!a.error_log().contains("processfunc signal"), "{}", a.error_log());
     unharmed(&a, &pid);
