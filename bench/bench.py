@@ -150,7 +150,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(mpm, port, single=False, run="run"):
+def config(mpm, port, single=False, run="run", extra=""):
     w, m = WORK, MODULES
     user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
     if mpm == "prefork":
@@ -184,7 +184,7 @@ LoadModule proxy_module {m}/mod_proxy.so
 LoadModule proxy_fcgi_module {m}/mod_proxy_fcgi.so
 LoadModule benchnative_module {native_so()}
 LoadModule libcgi_module {w}/obj/libmod_libcgi.so
-TypesConfig /etc/mime.types
+{extra}TypesConfig /etc/mime.types
 ScriptSock {w}/{run}/cgid.sock
 FcgidIPCDir {w}/{run}/fcgid
 FcgidProcessTableFile {w}/{run}/fcgid_shm
@@ -246,7 +246,7 @@ class Server:
     group on shutdown), pinned to SERVER_CPU; or, with valgrind, a
     single-process `apache2 -X` under callgrind."""
 
-    def __init__(self, mpm, single=False, valgrind_args=None, run="run"):
+    def __init__(self, mpm, single=False, valgrind_args=None, run="run", extra=""):
         """`run`: the directory under WORK for this server's pid file, logs
         and sockets, so that several servers can run side by side."""
         self.mpm, self.port, self.run = mpm, free_port(), run
@@ -258,7 +258,7 @@ class Server:
         valgrind = valgrind_args is not None
         conf = os.path.join(WORK, f"httpd-{mpm}{'-cg' if valgrind else ''}-{run}.conf")
         with open(conf, "w") as f:
-            text = config(mpm, self.port, single, run)
+            text = config(mpm, self.port, single, run, extra)
             if valgrind:
                 text = text.replace("User www-data\nGroup www-data\n", "")
             f.write(text)
@@ -688,6 +688,44 @@ def callgrind():
     return res
 
 
+def callgrind_metrics():
+    """The cost of the metrics (issue 11): instructions per mod_libcgi
+    request at 28 B with them off (LibCGIStatusSlots 0) and on (the
+    default), each in its own single-process httpd under callgrind, cut by
+    markers as in callgrind(): warm-up | mark | mark | N | mark | N | mark."""
+    res = {"requests": CG_REQUESTS}
+    for label, extra in [("off", "LibCGIStatusSlots 0\n"), ("on", "")]:
+        d = os.path.join(WORK, f"cg-metrics-{label}")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        if os.geteuid() == 0:
+            shutil.chown(d, "www-data", "www-data")
+        prefix = os.path.join(d, "cg.out")
+        s = Server("prefork", single=True, run=f"run-cgm-{label}", extra=extra,
+                   valgrind_args=[f"--callgrind-out-file={prefix}", "--dump-before=bench_mark", "--dump-instr=no"])
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=300)
+            for path, times in [(url("libcgi", 28), 50), ("/mark", 1), ("/mark", 1), (url("libcgi", 28), CG_REQUESTS),
+                                ("/mark", 1), (url("libcgi", 28), CG_REQUESTS), ("/mark", 1)]:
+                for _ in range(times):
+                    st, _ = fetch(s.port, path, conn)
+                    if st != 200:
+                        raise SystemExit(f"callgrind (metrics {label}): {path} answered {st}")
+            conn.close()
+        finally:
+            s.stop()
+        dumps = sorted((p for p in glob.glob(prefix + ".*") if p.rsplit(".", 1)[1].isdigit()),
+                       key=lambda p: int(p.rsplit(".", 1)[1]))
+        if len(dumps) < 4:
+            raise SystemExit(f"callgrind (metrics {label}): {len(dumps)} dumps in {d}")
+        tot = [parse_events(p)[1][0] for p in dumps[:4]]
+        marker = tot[1]
+        runs = [(tot[2] - marker) / CG_REQUESTS, (tot[3] - marker) / CG_REQUESTS]
+        res[label], res[label + "_runs"] = statistics.mean(runs), runs
+    res["over"] = res["on"] / res["off"] - 1
+    return res
+
+
 # ---- first request, many scripts, memory ----
 
 def first_request_and_many():
@@ -951,6 +989,12 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
     over = cg["libcgi"] / cg["native"] - 1
     targets.append(("instructions per request at 28 B: <= 10% more than the native module", over <= 0.10,
                     f"{over * 100:+.1f}%", "callgrind, reproducible", "cg", 0.10, over, []))
+    if "metrics" in cg:
+        cm = cg["metrics"]
+        targets.append(("instructions per request at 28 B with metrics on: <= 1% more than off", cm["over"] <= 0.01,
+                        f"{cm['over'] * 100:+.2f}%", f"callgrind; off {cm['off']:,.0f}, on {cm['on']:,.0f} "
+                        f"(runs {', '.join(f'{x:,.0f}' for x in cm['off_runs'] + cm['on_runs'])})", "cg", 0.01,
+                        cm["over"], []))
     mr = many.get("ratio", many["many_rps"] / many["one_rps"])
     targets.append((f"{MANY} scripts loaded: >= 0.95 x the throughput of one script", mr >= 0.95, f"{mr:.2f} x",
                     f"runs {', '.join(f'{a / b:.2f}' for a, b in zip(many['many_runs'], many['one_runs']))}; "
@@ -1239,6 +1283,8 @@ def main():
         results[mpm] = throughput(mpm)
     log("callgrind: instructions per request")
     cg = callgrind()
+    log("callgrind: metrics off vs on")
+    cg["metrics"] = callgrind_metrics()
     log(f"first request, {MANY} scripts, memory")
     many = first_request_and_many()
     elapsed = time.time() - t0

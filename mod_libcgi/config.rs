@@ -173,7 +173,7 @@ pub unsafe fn settings(r: *const sys::request_rec) -> Settings {
 
 /// The directive table; Apache keeps a pointer to it.
 #[repr(transparent)]
-pub struct Commands(pub [sys::command_rec; 5]);
+pub struct Commands(pub [sys::command_rec; 6]);
 // SAFETY: the table is immutable and only read by Apache.
 unsafe impl Sync for Commands {}
 
@@ -212,6 +212,14 @@ pub static COMMANDS: Commands = Commands([
         req_override: CONF,
         args_how: sys::cmd_how_TAKE1,
         errmsg: c"user (besides root) who may own LibCGI scripts".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIStatusSlots".as_ptr(),
+        func: sys::cmd_func { take1: Some(crate::metrics::set_status_slots) },
+        cmd_data: ptr::null_mut(),
+        req_override: sys::RSRC_CONF as c_int,
+        args_how: sys::cmd_how_TAKE1,
+        errmsg: c"rows of the libcgi-status script table (0: metrics off; default 32)".as_ptr(),
     },
     sys::command_rec {
         name: ptr::null(),

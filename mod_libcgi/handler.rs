@@ -4,6 +4,7 @@ use crate::body;
 use crate::config::{self, Settings};
 use crate::guard;
 use crate::log::{self, rlog};
+use crate::metrics;
 use crate::recycle;
 use crate::registry::{self, FileIdent, LoadError, Registry, Script, REGISTRY};
 use crate::request::{Active, Phase, Request};
@@ -64,6 +65,14 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     if (*r).handler.is_null() || CStr::from_ptr((*r).handler) != HANDLER_NAME {
         return DECLINED;
     }
+    let mut m = metrics::Req::start(r);
+    let rc = handle(r, &mut m);
+    m.end(r, rc);
+    rc
+}
+
+#[inline(always)]
+unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
     let filename = if (*r).filename.is_null() { c"" } else { CStr::from_ptr((*r).filename) };
     // Formatted only when a message is actually written: validating the path
     // as UTF-8 on every request would be measurable.
@@ -101,7 +110,10 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     };
 
     let (input, input_len) = match body::read(r) {
-        Ok(Some((p, n))) => (p, n),
+        Ok(Some((p, n))) => {
+            m.body_read(n);
+            (p, n)
+        }
         Ok(None) => (std::ptr::null_mut(), 0),
         Err(status) => return body_failed(r, name, status),
     };
@@ -115,12 +127,23 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
         let _active = Active::enter(reqp);
         let script = match registry.get(filename, ident, r, &cfg) {
             Ok(s) => s,
-            Err(e) => return load_failed(r, name, e, &cfg),
+            Err(e) => {
+                m.not_loaded(
+                    filename,
+                    e.retry_after.is_some(),
+                    e.msg.starts_with("initfunc"),
+                    e.retry_after.is_none(),
+                    e.fault && cfg.recycle,
+                );
+                return load_failed(r, name, e, &cfg);
+            }
         };
+        m.script(script.metrics_slot.unwrap_or_default());
         let out = {
             let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
             guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout)
         };
+        m.called(&out, filename, cfg.recycle);
         (script, out)
     };
     rlog!(r, APLOG_DEBUG, "{name}: processfunc {}", out.describe(cfg.timeout));
@@ -186,6 +209,7 @@ unsafe fn faulted(
     );
     registry.unload(&script);
     if registry.record_fault(name.0.to_bytes(), ident, cfg) {
+        crate::metrics::quarantined(name.0);
         log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(name.0, cfg));
     }
     drop(script); // terminatefunc runs here unless another request still holds it

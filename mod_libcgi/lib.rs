@@ -15,6 +15,7 @@ mod env;
 mod guard;
 mod handler;
 mod log;
+mod metrics;
 mod recycle;
 mod registry;
 mod request;
@@ -50,6 +51,7 @@ pub static mut libcgi_module: sys::module = sys::module {
 unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
     sys::ap_hook_handler(Some(handler::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
     sys::ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+    metrics::register_hooks();
 }
 
 /// Each server process gets its own list of loaded scripts; the child pool's

@@ -91,6 +91,8 @@ pub struct Script {
     /// opened under the same name: glibc returns an already-loaded object
     /// for a name it has seen, even if the file behind it changed.
     fd: Option<OwnedFd>,
+    /// Its row in the metrics (see metrics::slot_for), once loaded.
+    pub metrics_slot: Option<u32>,
 }
 
 // SAFETY: a Script is immutable after loading except through its own Mutex;
@@ -154,6 +156,7 @@ impl Script {
                 serial: (!thread_safe).then(|| Mutex::new(())),
                 lib: Some(lib),
                 fd: Some(fd),
+                metrics_slot: None,
             };
             if let Some(init) = init {
                 let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), cfg.timeout);
@@ -171,6 +174,9 @@ impl Script {
                 log::rlog!(r, APLOG_DEBUG, "{}: initfunc done", path.to_string_lossy());
             }
             script.terminate = terminate;
+            let slot = crate::metrics::slot_for(path);
+            crate::metrics::loaded(slot, path);
+            script.metrics_slot = Some(slot);
             Ok(script)
         }
     }
@@ -181,6 +187,9 @@ impl Drop for Script {
         // terminatefunc belongs to no request: hide the current one (if any)
         // from the script's getenv and lwrite.
         let _none = Active::none();
+        if let Some(slot) = self.metrics_slot {
+            crate::metrics::unloaded(slot, &self.path);
+        }
         let server = REGISTRY.get().map_or(std::ptr::null(), |r| r.server.load(Ordering::Relaxed));
         if let Some(term) = self.terminate {
             // SAFETY: the library is still open; terminatefunc takes nothing.
@@ -342,6 +351,7 @@ impl Registry {
                         // lock: its terminatefunc runs now unless a request
                         // in flight still holds it.
                         if old.is_some() {
+                            crate::metrics::reloaded(path);
                             log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading it again", path.to_string_lossy());
                         }
                         drop(old);
@@ -362,6 +372,7 @@ impl Registry {
             Err(e) => {
                 self.remove_slot(key, &slot);
                 if e.fault && self.record_fault(key, ident, cfg) {
+                    crate::metrics::quarantined(path);
                     log::rerror(r, sys::APLOG_ERR, 0, &quarantine_message(path, cfg));
                 }
                 Err(e)

@@ -186,7 +186,7 @@ impl Request {
         let mut line = std::mem::MaybeUninit::<[c_char; sys::HUGE_STRING_LEN as usize]>::uninit();
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
         // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
-        unsafe {
+        let rc = unsafe {
             sys::ap_scan_script_header_err_core_ex(
                 self.r,
                 line.as_mut_ptr() as *mut c_char,
@@ -194,7 +194,9 @@ impl Request {
                 &mut cur as *mut Cursor as *mut c_void,
                 log::module_index(),
             )
-        }
+        };
+        crate::metrics::header_parse_done();
+        rc
     }
 
     /// The Location that makes this a redirect, as mod_cgi decides it: only

@@ -40,6 +40,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { LIBCGI_RETURNED = 0, LIBCGI_FAULT = 1, LIBCGI_TIMEOUT = 2, LIBCGI_EXITED = 3 };
@@ -322,15 +323,60 @@ int libcgi_call(void *fn, int how, char *arg, struct libcgi_outcome *out)
  * Every function a script calls into goes through enter()/leave(): while
  * depth > 0 a fault is the server's and a timeout waits. */
 
+/* Time in callbacks, for mod_libcgi/metrics (the "callbacks" phase): the
+ * outermost enter/leave read the clock (mod_libcgi/metrics/clock.rs: the
+ * TSC where CLOCK_MONOTONIC itself is the TSC, else CLOCK_MONOTONIC through
+ * the vDSO; no syscall either way) and add the difference here, in clock
+ * ticks; the handler takes and zeroes it after processfunc.  The header
+ * parser's own time (inside lwrite) is kept apart in hdr_ns. */
+static __thread uint64_t cb_t0 __attribute__((tls_model("initial-exec")));
+static __thread uint64_t cb_ns __attribute__((tls_model("initial-exec")));
+static __thread uint64_t hdr_ns __attribute__((tls_model("initial-exec")));
+static int cb_timing; /* 0 off, 1 CLOCK_MONOTONIC ns, 2 TSC */
+
+static inline uint64_t mono_ns(void)
+{
+#if defined(__x86_64__)
+    if (cb_timing == 2)
+        return __builtin_ia32_rdtsc();
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void libcgi_cb_timing(int how) { cb_timing = how; }
+/* Apache's header parser has just finished inside a callback (lwrite): its
+ * time is taken from the callback's start, one clock read for both (what
+ * the callback does before the parser is a search for the blank line). */
+void libcgi_hdr_done(void)
+{
+    if (cb_timing && thread_guard && thread_guard->depth > 0 && current_request)
+        hdr_ns += mono_ns() - cb_t0;
+}
+
+uint64_t libcgi_cb_take(uint64_t *hdr)
+{
+    uint64_t v = cb_ns;
+    *hdr = hdr_ns;
+    cb_ns = 0;
+    hdr_ns = 0;
+    return v;
+}
+
 static inline void enter(void)
 {
-    if (thread_guard)
-        thread_guard->depth++;
+    if (thread_guard && thread_guard->depth++ == 0 && cb_timing)
+        cb_t0 = mono_ns();
 }
 
 static inline void leave(void)
 {
     struct libcgi_guard *g = thread_guard;
+    /* Only inside a request: terminatefunc's callbacks (no request) must
+     * not show up in the next request's time. */
+    if (g && g->depth == 1 && cb_timing && current_request)
+        cb_ns += mono_ns() - cb_t0;
     if (g && --g->depth == 0 && g->armed && g->pending) {
         g->out.kind = LIBCGI_TIMEOUT;
         siglongjmp(g->env, 1);

@@ -4,6 +4,8 @@
 set -euo pipefail
 
 pkgs=(apache2 apache2-dev libclang-dev clang gcc libc6-dev binutils curl)
+# tests/metrics.rs: promtool, JSON schema and Prometheus parsers, a headless browser, a tracer.
+pkgs+=(prometheus python3-jsonschema python3-prometheus-client chromium bpftrace nghttp2-client)
 [[ $# -gt 0 ]] && pkgs+=("$@")
 
 missing=()

@@ -57,6 +57,10 @@ fn bad_values_are_syntax_errors_with_the_reason() {
         ("LibCGIOwner #-1", "LibCGIOwner '#-1': not a uid"),
         ("LibCGIOwner #4294967295", "LibCGIOwner '#4294967295': not a uid"),
         ("LibCGIOwner #99999999999", "LibCGIOwner '#99999999999': not a uid"),
+        ("LibCGIStatusSlots -1", "LibCGIStatusSlots takes a number of script rows from 0 (metrics off) to 65536"),
+        ("LibCGIStatusSlots 65537", "LibCGIStatusSlots takes a number of script rows"),
+        ("LibCGIStatusSlots 99999999999999999999", "LibCGIStatusSlots takes a number of script rows"),
+        ("LibCGIStatusSlots lots", "LibCGIStatusSlots takes a number of script rows"),
     ];
     let mut wrong = Vec::new();
     for (line, want) in cases {
@@ -81,6 +85,8 @@ fn good_values_are_accepted() {
         "LibCGIFaultAction Recycle",
         "LibCGIOwner #1000",
         "LibCGIOwner root",
+        "LibCGIStatusSlots 0",
+        "LibCGIStatusSlots 65536",
     ] {
         let (ok, out) = configtest(line);
         assert!(ok && out.contains("Syntax OK"), "`{line}` refused:\n{out}");

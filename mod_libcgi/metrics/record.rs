@@ -1,0 +1,453 @@
+//! What a request records, and the rare events.
+//!
+//! Per request (metrics on), beyond the probes (a nop each when no tracer
+//! is attached):
+//! - clock reads: CLOCK_MONOTONIC through the vDSO (no syscall): 4 in the
+//!   handler (start, script found, processfunc returned, end), one more
+//!   after reading a body, 2 per callback from the script (outermost only,
+//!   in shim.c), 2 around Apache's header parser;
+//! - writes, all to the running thread's own row: `started` when the script
+//!   is known, then `ended`, one status class, the byte counts, and one
+//!   bucket plus one sum for each of the 5 phases (about 8 cache lines), and
+//!   once per thread and script a bit in the thread's own used-row bitmap.
+//!   Plain loads and stores: nobody else writes these lines.
+
+use super::segment::{self, Row, Seg, P_CALLBACKS, P_LOAD, P_OUTPUT, P_SCRIPT, P_TOTAL};
+use super::{probes, seg};
+use crate::guard;
+use crate::sys;
+use std::ffi::{c_int, CStr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+unsafe extern "C" {
+    // In shim.c: the time this thread spent inside callbacks (outermost
+    // enter to leave) and inside Apache's header parser since the last
+    // call; both are zeroed.
+    fn libcgi_cb_take(hdr_ns: *mut u64) -> u64;
+    fn libcgi_hdr_done();
+    fn libcgi_cb_timing(on: c_int);
+}
+
+use super::clock::{ticks as now_ns, to_ns};
+
+/// 0: off; otherwise what clock::setup chose.
+pub fn set_callback_timing(how: i32) {
+    // SAFETY: sets a plain int in shim.c, before the children start.
+    unsafe { libcgi_cb_timing(how as c_int) };
+}
+
+/// The scoreboard slot of this process, learnt from its first request (for
+/// events outside a request: unloads at exit).
+static PROC_SLOT: AtomicI64 = AtomicI64::new(-1);
+
+/// ap_sb_handle_t, which scoreboard.h keeps opaque: scoreboard.c defines it
+/// as these two ints, unchanged since 2.0 (and 2.4's ABI is frozen).
+/// `check_sbh` verifies the mirror once per process against the public API.
+#[repr(C)]
+struct SbHandle {
+    child_num: c_int,
+    thread_num: c_int,
+}
+
+/// One request's measurement.
+pub struct Req {
+    rows: *const Row,
+    /// The worker's used-row bitmap.
+    used: *const AtomicU64,
+    t0: u64,
+    t_body: u64,
+    t_load: u64,
+    t_proc: u64,
+    cb_ns: u64,
+    hdr_ns: u64,
+    bytes_in: u64,
+    slot: usize,
+    slot_known: bool,
+    worker: usize,
+    quarantined: bool,
+    /// The row may be written by other threads at the same time: an
+    /// HTTP/2 stream (mod_http2 runs the streams of a connection on its own
+    /// threads, all with the connection's scoreboard handle).  Atomic adds.
+    shared: bool,
+}
+
+impl Req {
+    /// # Safety
+    /// `r` is the live request being handled.
+    #[inline]
+    pub unsafe fn start(r: *mut sys::request_rec) -> Req {
+        let mut m = Req {
+            rows: std::ptr::null(),
+            used: std::ptr::null(),
+            t0: 0,
+            t_body: 0,
+            t_load: 0,
+            t_proc: 0,
+            cb_ns: 0,
+            hdr_ns: 0,
+            bytes_in: 0,
+            slot: 0,
+            slot_known: false,
+            worker: 0,
+            quarantined: false,
+            shared: false,
+        };
+        let Some(s) = seg() else { return m };
+        let c = (*r).connection;
+        if !(*c).master.is_null() {
+            m.start_secondary(s, r);
+            return m;
+        }
+        let sbh = (*c).sbh as *const SbHandle;
+        if sbh.is_null() {
+            return m;
+        }
+        let (child, thread) = ((*sbh).child_num as usize, (*sbh).thread_num as usize);
+        if child >= s.servers || thread >= s.threads {
+            return m;
+        }
+        if PROC_SLOT.load(Ordering::Relaxed) < 0 && !first_request(s, c, child, thread) {
+            return m;
+        }
+        m.worker = child * s.threads + thread;
+        m.begin(s, r);
+        m
+    }
+
+    /// A request on a secondary connection (an HTTP/2 stream): its thread
+    /// has no scoreboard slot of its own, so it writes its process's shared
+    /// block, with atomic adds.
+    #[cold]
+    #[inline(never)]
+    unsafe fn start_secondary(&mut self, s: &Seg, r: *mut sys::request_rec) {
+        let server = match PROC_SLOT.load(Ordering::Relaxed) {
+            p if p >= 0 => p as usize,
+            _ => {
+                let mut c = (*r).connection;
+                while !(*c).master.is_null() {
+                    c = (*c).master;
+                }
+                let sbh = (*c).sbh as *const SbHandle;
+                if sbh.is_null() || (*sbh).child_num as usize >= s.servers {
+                    return;
+                }
+                PROC_SLOT.store((*sbh).child_num as i64, Ordering::Relaxed);
+                (*sbh).child_num as usize
+            }
+        };
+        self.worker = s.shared_block(server);
+        self.shared = true;
+        self.begin(s, r);
+    }
+
+    #[inline(always)]
+    unsafe fn begin(&mut self, s: &Seg, r: *mut sys::request_rec) {
+        let m = self;
+        m.rows = s.rows_of(m.worker);
+        m.used = s.used(m.worker).as_ptr();
+        m.slot = s.slots;
+        // The callback time accumulated since the last request (initfunc of
+        // a load, terminatefunc) was dropped where it happened: see
+        // `loaded`, `unloaded` and shim.c's leave().
+        m.t0 = now_ns();
+        m.t_body = m.t0;
+        probes::request_start((*r).filename);
+    }
+
+    #[inline]
+    pub fn on(&self) -> bool {
+        !self.rows.is_null()
+    }
+
+    /// After the body was read (only called when there was one).
+    #[inline]
+    pub fn body_read(&mut self, len: usize) {
+        if self.on() {
+            self.t_body = now_ns();
+            self.bytes_in = len as u64;
+        }
+    }
+
+    /// The script is known: from here on it is a request in flight of it.
+    #[inline]
+    pub fn script(&mut self, slot: u32) {
+        if !self.on() {
+            return;
+        }
+        self.t_load = now_ns();
+        self.set_slot(slot as usize);
+    }
+
+    #[inline]
+    fn set_slot(&mut self, slot: usize) {
+        self.slot = slot;
+        self.slot_known = true;
+        // SAFETY: the slot index is at most `slots` (segment::slot_for), and
+        // this thread's rows are written only by this thread.
+        let row = unsafe { &*self.rows.add(slot) };
+        // SAFETY: the bitmap has a bit for every slot up to `slots`.
+        let used = unsafe { &*self.used.add(slot / 64) };
+        let bit = 1u64 << (slot % 64);
+        if self.shared {
+            row.started.fetch_add(1, Ordering::Relaxed);
+            used.fetch_or(bit, Ordering::Relaxed);
+            return;
+        }
+        bump(&row.started, 1);
+        let u = used.load(Ordering::Relaxed);
+        if u & bit == 0 {
+            used.store(u | bit, Ordering::Relaxed);
+        }
+    }
+
+    /// The script could not be had (load failure, quarantine, refusal of an
+    /// existing file).
+    #[cold]
+    #[inline(never)]
+    pub fn not_loaded(&mut self, path: &CStr, quarantined: bool, init_failed: bool, failed: bool, recycled: bool) {
+        if !self.on() {
+            return;
+        }
+        let Some(s) = seg() else { return };
+        let slot = s.slot_for(path.to_bytes());
+        self.t_load = now_ns();
+        self.set_slot(slot);
+        self.quarantined = quarantined;
+        let e = s.events(slot);
+        if failed {
+            e.load_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if init_failed {
+            e.init_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if recycled {
+            e.recycles.fetch_add(1, Ordering::Relaxed);
+            s.procs(proc_slot()).recycles.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// processfunc returned (or was cut short).
+    #[inline]
+    pub fn called(&mut self, out: &guard::Outcome, path: &CStr, recycle: bool) {
+        if !self.on() {
+            return;
+        }
+        self.t_proc = now_ns();
+        // SAFETY: reads and zeroes two thread-locals in shim.c.
+        self.cb_ns = unsafe { libcgi_cb_take(&mut self.hdr_ns) };
+        if out.kind != guard::RETURNED {
+            self.outcome(out, path, recycle);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn outcome(&self, out: &guard::Outcome, path: &CStr, recycle: bool) {
+        let Some(s) = seg() else { return };
+        let e = s.events(self.slot);
+        let p = s.procs(proc_slot());
+        match out.kind {
+            guard::FAULT => {
+                let k = segment::FAULT_KINDS
+                    .iter()
+                    .position(|&(_, sig)| sig == out.signo)
+                    .unwrap_or(segment::FAULT_KINDS.len() - 1);
+                e.faults[k].fetch_add(1, Ordering::Relaxed);
+                p.faults.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: apr_time_now and getpid have no preconditions.
+                let (now, pid) = unsafe { (sys::apr_time_now(), libc::getpid()) };
+                e.last_fault_us.store(now as u64, Ordering::Relaxed);
+                e.last_fault_signal.store(out.signo as u64, Ordering::Relaxed);
+                e.last_fault_pid.store(pid as u64, Ordering::Relaxed);
+                let synchronous =
+                    out.si_code > 0 && matches!(out.signo, libc::SIGSEGV | libc::SIGBUS | libc::SIGFPE | libc::SIGILL);
+                e.last_fault_addr.store(if synchronous { out.addr as u64 } else { u64::MAX }, Ordering::Relaxed);
+                probes::fault(path.as_ptr(), out.signo as i64);
+            }
+            guard::TIMEOUT => {
+                e.timeouts.fetch_add(1, Ordering::Relaxed);
+                p.timeouts.fetch_add(1, Ordering::Relaxed);
+                probes::timeout(path.as_ptr());
+            }
+            guard::EXITED => {
+                e.exits.fetch_add(1, Ordering::Relaxed);
+                p.exits.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if recycle && out.is_fault() {
+            e.recycles.fetch_add(1, Ordering::Relaxed);
+            p.recycles.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The handler is returning `rc`.
+    ///
+    /// # Safety
+    /// `r` is the live request being handled.
+    #[inline]
+    pub unsafe fn end(&mut self, r: *mut sys::request_rec, rc: c_int) {
+        if !self.on() {
+            return;
+        }
+        if self.shared {
+            return self.end_shared(r, rc);
+        }
+        self.record::<false>(r, rc);
+    }
+
+    #[cold]
+    #[inline(never)]
+    unsafe fn end_shared(&mut self, r: *mut sys::request_rec, rc: c_int) {
+        self.record::<true>(r, rc);
+    }
+
+    #[inline(always)]
+    unsafe fn record<const SHARED: bool>(&mut self, r: *mut sys::request_rec, rc: c_int) {
+        let bump = |c: &AtomicU64, n: u64| {
+            if SHARED {
+                c.fetch_add(n, Ordering::Relaxed);
+            } else {
+                bump(c, n)
+            }
+        };
+        let t_end = now_ns();
+        if !self.slot_known {
+            // Refused before a script file was identified: "other".
+            self.t_load = t_end;
+            self.set_slot(self.slot);
+        }
+        // Missing boundaries collapse onto the previous one, so the phases
+        // always add up to the total exactly.
+        let t_body = self.t_body;
+        let t_load = self.t_load.max(t_body);
+        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc };
+        let cb = self.cb_ns.min(t_proc - t_load);
+        let hdr = self.hdr_ns.min(cb);
+        // Each phase converted to ns on its own and the total as their sum,
+        // so that the rounding cannot make them disagree.
+        let mut phases = [
+            to_ns(t_load - t_body),
+            to_ns((t_proc - t_load) - cb),
+            to_ns((t_body - self.t0) + (cb - hdr)),
+            to_ns(hdr + (t_end - t_proc)),
+            0,
+        ];
+        phases[P_TOTAL] = phases[P_LOAD] + phases[P_SCRIPT] + phases[P_CALLBACKS] + phases[P_OUTPUT];
+        let status = if rc == sys::OK as c_int || rc == sys::DONE { (*r).status } else { rc };
+        let class = ((status / 100) as usize).clamp(1, 5) - 1;
+        let row = &*self.rows.add(self.slot);
+        bump(&row.class[class], 1);
+        bump(&row.bytes_out, (*r).bytes_sent.max(0) as u64);
+        if self.bytes_in != 0 {
+            bump(&row.bytes_in, self.bytes_in);
+        }
+        if self.quarantined {
+            bump(&row.quarantined, 1);
+        }
+        // The total's sum is the sum of the phases' (the reader adds them).
+        for (p, &ns) in phases.iter().enumerate() {
+            bump(&row.hist[p][segment::bucket(ns)], 1);
+            if p != P_TOTAL {
+                bump(&row.sum_ns[p], ns);
+            }
+        }
+        let f = (*r).filename;
+        probes::phase_load(f, phases[P_LOAD]);
+        probes::phase_script(f, phases[P_SCRIPT]);
+        probes::phase_callbacks(f, phases[P_CALLBACKS]);
+        probes::phase_output(f, phases[P_OUTPUT]);
+        probes::request_end(f, status as i64, phases[P_TOTAL]);
+    }
+}
+
+/// Adds to a counter only this thread writes: a load and a store, no
+/// read-modify-write instruction.
+#[inline(always)]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Once per process: learn its scoreboard slot, and check the SbHandle
+/// mirror against Apache's own accessor (metrics stay off in this process
+/// if they disagree).
+#[cold]
+#[inline(never)]
+unsafe fn first_request(s: &Seg, c: *mut sys::conn_rec, child: usize, thread: usize) -> bool {
+    let via_api = sys::ap_get_scoreboard_worker((*c).sbh.cast());
+    let via_idx = sys::ap_get_scoreboard_worker_from_indexes(child as c_int, thread as c_int);
+    if via_api.is_null() || via_api != via_idx {
+        crate::log::serror(
+            std::ptr::null(),
+            sys::APLOG_ERR,
+            "libcgi-status: the scoreboard handle does not have the expected layout; metrics are off in this process",
+        );
+        return false;
+    }
+    let _ = s;
+    PROC_SLOT.store(child as i64, Ordering::Relaxed);
+    true
+}
+
+fn proc_slot() -> usize {
+    let p = PROC_SLOT.load(Ordering::Relaxed);
+    if p < 0 {
+        usize::MAX
+    } else {
+        p as usize
+    }
+}
+
+// ---- Rare events, outside the per-request path ---------------------------
+
+/// The row index of a script path (at load).
+pub fn slot_for(path: &CStr) -> u32 {
+    seg().map_or(0, |s| s.slot_for(path.to_bytes()) as u32)
+}
+
+pub fn loaded(slot: u32, path: &CStr) {
+    discard_callback_time();
+    if let Some(s) = seg() {
+        s.events(slot as usize).loads.fetch_add(1, Ordering::Relaxed);
+        s.procs(proc_slot()).loads.fetch_add(1, Ordering::Relaxed);
+    }
+    probes::load(path.as_ptr());
+}
+
+/// Callback time of initfunc belongs to the load, not to processfunc: it is
+/// dropped once the load is done.
+fn discard_callback_time() {
+    let mut hdr = 0;
+    // SAFETY: reads and zeroes two thread-locals in shim.c.
+    unsafe { libcgi_cb_take(&mut hdr) };
+}
+
+pub fn reloaded(path: &CStr) {
+    if let Some(s) = seg() {
+        s.events(s.slot_for(path.to_bytes())).reloads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub fn unloaded(slot: u32, path: &CStr) {
+    if let Some(s) = seg() {
+        s.events(slot as usize).unloads.fetch_add(1, Ordering::Relaxed);
+        s.procs(proc_slot()).unloads.fetch_add(1, Ordering::Relaxed);
+    }
+    probes::unload(path.as_ptr());
+}
+
+pub fn quarantined(path: &CStr) {
+    if let Some(s) = seg() {
+        s.events(s.slot_for(path.to_bytes())).quarantines.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Apache's header parser has just run (called from request.rs): shim.c
+/// adds its time to the thread's header time if it ran inside a callback.
+#[inline]
+pub fn header_parse_done() {
+    if seg().is_some() {
+        // SAFETY: adds to a thread-local in shim.c.
+        unsafe { libcgi_hdr_done() };
+    }
+}
