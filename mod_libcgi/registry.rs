@@ -194,7 +194,12 @@ impl Drop for Script {
         if let Some(term) = self.terminate {
             // SAFETY: the library is still open; terminatefunc takes nothing.
             let out: Outcome = unsafe {
-                guard::call(term as *const c_void, guard::CALL_VOID_VOID, std::ptr::null_mut(), self.timeout)
+                guard::call(
+                    term as *const c_void,
+                    guard::CALL_VOID_VOID,
+                    std::ptr::null_mut(),
+                    exit_bounded(self.timeout),
+                )
             };
             if out.kind != guard::RETURNED {
                 let what =
@@ -445,9 +450,24 @@ impl Registry {
 
     /// At process exit: every loaded script gets its terminatefunc.
     pub fn shutdown(&self) {
+        let _ = EXIT_DEADLINE.set(Instant::now() + EXIT_BUDGET);
         let all: Vec<_> = relock(self.map.write()).drain().collect();
         drop(all);
     }
+}
+
+/// At process exit all terminatefuncs together get this long, whatever
+/// LibCGITimeout says (0 included): prefork stops its children from a
+/// signal handler and the parent warns after 3 s and sends SIGKILL after 9 s,
+/// so a terminatefunc that never returns must not hold the stop until then.
+const EXIT_BUDGET: Duration = Duration::from_secs(2);
+static EXIT_DEADLINE: OnceLock<Instant> = OnceLock::new();
+
+/// A terminatefunc's deadline: its own, or what is left of the exit budget.
+fn exit_bounded(own: Option<Duration>) -> Option<Duration> {
+    let Some(end) = EXIT_DEADLINE.get() else { return own };
+    let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+    Some(own.map_or(left, |t| t.min(left)))
 }
 
 pub fn quarantine_message(path: &CStr, cfg: &Settings) -> String {
