@@ -1,6 +1,36 @@
 //! LibCGIFaultAction recycle: after a fault, the server process finishes the
 //! response it is writing and is then replaced by the MPM, so that whatever
 //! the script may have corrupted outside itself goes with it.
+//!
+//! prefork: AP_SIG_GRACEFUL (SIGUSR1) to the child itself, which stops
+//! listening and exits after its connection.
+//!
+//! worker and event give a module no call to end one process gracefully:
+//! the child's main thread waits on the pipe of death, which all children
+//! of a bucket share (a byte written there ends whichever child reads it),
+//! SIGTERM only wakes that thread, and MaxConnectionsPerChild counts in a
+//! static of the MPM.  What both MPMs do have is their reaction to a failing
+//! accept: when a listener's `accept_func` returns APR_EGENERAL (the MPM
+//! reads it as "out of descriptors or memory"), the listener thread calls
+//! signal_threads(ST_GRACEFUL) — the same path MaxConnectionsPerChild takes:
+//! it closes this process's listeners, closes idle keep-alive connections,
+//! lets the workers finish the requests they have, and the child exits; the
+//! parent starts a replacement as it does for any exited child.  So the
+//! faulted process swaps its own (per-process, copied at fork) listener
+//! records' accept_func for one that refuses without accepting: the
+//! connection stays queued for another process, and nothing is lost.
+//!
+//! That path makes the child exit with APEXIT_CHILDSICK, which the parent
+//! reads as a resource shortage (slower respawning; and if no child had been
+//! healthy yet in this generation, a shutdown of the whole server), so an
+//! exit handler turns the exit status into 0 once the MPM's own cleanup
+//! (including our terminatefuncs in the child pool's cleanup) is done.
+//!
+//! A backstop thread bounds all of it: GracefulShutdownTimeout, or the
+//! server's Timeout when that is 0.  And when no connection comes to take
+//! the listener through accept within a second (a quiet process, or a
+//! listener of another bucket that this process cannot reach), the process
+//! exits on its own as soon as none of its threads is serving a request.
 
 use crate::log;
 use crate::registry::REGISTRY;
@@ -8,9 +38,11 @@ use crate::sys;
 use std::ffi::{c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static SCHEDULED: AtomicBool = AtomicBool::new(false);
+/// The MPM has called our accept_func: its graceful exit is under way.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// # Safety
 /// `r` is a live request.
@@ -40,13 +72,61 @@ unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
         // exit once its current connection is done; the parent starts a new
         // one.
         libc::kill(libc::getpid(), libc::SIGUSR1);
-    } else {
-        // Threaded MPMs give modules no way to ask for a graceful exit of one
-        // process: wait until no other thread of this process is serving a
-        // request, then exit cleanly; the parent starts a replacement.
-        let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(drain_then_exit);
+        return 0;
     }
+    let server = REGISTRY.get().map_or(ptr::null_mut(), |r| r.server.load(Ordering::Relaxed));
+    log::serror(
+        server,
+        sys::APLOG_NOTICE,
+        "server process exiting to be replaced once its requests are done (LibCGIFaultAction recycle)",
+    );
+    let buckets = sys::ap_num_listen_buckets;
+    if buckets > 1 {
+        // The records of buckets after the first are private to listen.c.
+        log::serror(
+            server,
+            sys::APLOG_NOTICE,
+            &format!(
+                "{} listener buckets (ListenCoresBucketsRatio): if this process's are not the first, it exits \
+                 when it serves no request, or after {} s",
+                buckets,
+                bound().as_secs()
+            ),
+        );
+    }
+    libc::atexit(exit_status_zero);
+    let mut lr = sys::ap_listeners;
+    while !lr.is_null() {
+        // SAFETY: the listener records are this process's own copy (made at
+        // fork); the listener thread reads accept_func before every accept.
+        // An aligned pointer store is single-copy atomic on the platforms
+        // we support, so it sees the old or the new function, never a mix.
+        ptr::write_volatile(&raw mut (*lr).accept_func, Some(refuse_accept));
+        lr = (*lr).next;
+    }
+    let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(backstop);
     0
+}
+
+/// Makes the MPM's listener take its graceful-exit path (see the module
+/// comment) without accepting: the connection stays queued for another
+/// process.
+unsafe extern "C" fn refuse_accept(
+    csd: *mut *mut c_void,
+    _lr: *mut sys::ap_listen_rec,
+    _ptrans: *mut sys::apr_pool_t,
+) -> sys::apr_status_t {
+    *csd = ptr::null_mut();
+    REFUSED.store(true, Ordering::Relaxed);
+    sys::APR_EGENERAL as sys::apr_status_t
+}
+
+/// Runs in exit(), after the MPM destroyed the child pool: the recycled
+/// process is not sick, whatever its MPM says.
+extern "C" fn exit_status_zero() {
+    // SAFETY: _exit ends the process at once; everything that had to run
+    // (the child pool's cleanups) already has.
+    unsafe { libc::_exit(0) }
 }
 
 /// Whether any worker of this process is in the middle of a request.
@@ -69,19 +149,41 @@ unsafe fn busy() -> bool {
     })
 }
 
-fn drain_then_exit() {
-    // SAFETY: reads of the shared scoreboard; exit ends the process.
+/// How long the MPM gets to finish the process's requests.
+unsafe fn bound() -> Duration {
+    if sys::ap_graceful_shutdown_timeout > 0 {
+        return Duration::from_secs(sys::ap_graceful_shutdown_timeout as u64);
+    }
+    let s = REGISTRY.get().map_or(ptr::null_mut(), |r| r.server.load(Ordering::Relaxed));
+    let t = if s.is_null() { 0 } else { (*s).timeout };
+    Duration::from_micros(t.max(1_000_000) as u64)
+}
+
+fn backstop() {
+    // SAFETY: reads of the shared scoreboard and of the MPM's settings;
+    // _exit ends the process.
     unsafe {
-        // Everything slow first (terminatefuncs, the log line), so that the
-        // last idle check and the exit are as close together as they can be.
-        if let Some(reg) = REGISTRY.get() {
-            let s = reg.server.load(Ordering::Relaxed);
-            log::serror(s, sys::APLOG_NOTICE, "server process exiting to be replaced (LibCGIFaultAction recycle)");
-            reg.shutdown();
+        let start = Instant::now();
+        let limit = bound();
+        let server = REGISTRY.get().map_or(ptr::null_mut(), |r| r.server.load(Ordering::Relaxed));
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let waited = start.elapsed();
+            let quiet = !REFUSED.load(Ordering::Relaxed) && waited > Duration::from_secs(1) && !busy();
+            if !quiet && waited < limit {
+                continue;
+            }
+            let why = if quiet {
+                "no connection came to stop its listener, and it serves no request".to_string()
+            } else {
+                format!("its requests did not finish within {} s", limit.as_secs())
+            };
+            let what = format!("server process exiting now (LibCGIFaultAction recycle): {why}");
+            log::serror(server, sys::APLOG_NOTICE, &what);
+            if let Some(reg) = REGISTRY.get() {
+                reg.shutdown();
+            }
+            libc::_exit(0);
         }
-        while busy() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        libc::_exit(0);
     }
 }

@@ -1,11 +1,21 @@
 //! The per-process list of loaded scripts.
 //!
-//! Keyed by the script's path (O(1) lookup however many scripts a site has),
-//! each entry remembers the identity of the file it loaded (device, inode,
-//! size, mtime, ctime).  A request whose file no longer matches loads the new
-//! file; the old version stays alive while requests in flight still hold it
-//! (`Arc`), and its terminatefunc runs and the library is closed when the last
-//! one lets go.
+//! Two maps.  `paths`, keyed by the request's path (O(1) lookup however many
+//! scripts a site has), is the fast path: each entry remembers the identity
+//! of the file it was opened as (device, inode, size, mtime, ctime) and the
+//! script loaded from it.  `objects`, keyed by device and inode, is the truth
+//! about what is mapped: glibc's dlopen returns the object it already has for
+//! a file with the same device and inode whatever the name, so one file must
+//! be one `Script`, whichever paths lead to it and however often its ctime
+//! changes.  A request whose file no longer matches its path entry opens the
+//! path, and from then on only what it actually opened counts (fstat of the
+//! descriptor): the trust checks run again, an object already loaded for that
+//! inode is shared (no second initfunc), a new inode is loaded, and the path
+//! entry is replaced only if the path still names that inode, so a request
+//! that stat()ed an old version never puts it back over a newer one.  An old
+//! version stays alive while requests in flight still hold it (`Arc`); its
+//! terminatefunc runs and the library is closed when the last one lets go,
+//! and only then may the same inode be loaded again.
 
 use crate::config::Settings;
 use crate::elfpatch;
@@ -19,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub type ProcessFn = unsafe extern "C" fn(*mut c_char) -> c_int;
@@ -37,6 +47,27 @@ pub struct FileIdent {
     /// the trust checks run again.
     pub ctime: i64,
 }
+
+impl FileIdent {
+    /// The same fields, in the same units, as APR's apr_stat fills finfo
+    /// with (microseconds), so that it compares equal to `r->finfo`.
+    pub fn of_stat(st: &libc::stat) -> FileIdent {
+        FileIdent {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: st.st_mtime * 1_000_000 + st.st_mtime_nsec / 1000,
+            ctime: st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
+        }
+    }
+
+    fn object(&self) -> ObjKey {
+        (self.dev, self.ino)
+    }
+}
+
+/// A mapped object: device and inode of the file it was loaded from.
+type ObjKey = (u64, u64);
 
 /// The imports of a script that are bound to ours: the environment goes to
 /// the per-request table, and exit() & co. end the request, not the server.
@@ -76,6 +107,10 @@ impl LoadError {
     }
 }
 
+fn last_os_error() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
 pub struct Script {
     pub path: CString,
     pub process: ProcessFn,
@@ -91,8 +126,13 @@ pub struct Script {
     /// opened under the same name: glibc returns an already-loaded object
     /// for a name it has seen, even if the file behind it changed.
     fd: Option<OwnedFd>,
-    /// Its row in the metrics (see metrics::slot_for), once loaded.
+    /// Its row in the metrics (see metrics::slot_for), once loaded: the row
+    /// of the path it was loaded through, whichever path a request used.
     pub metrics_slot: Option<u32>,
+    /// The object's entry in the registry.  Declared last: it drops after
+    /// `impl Drop` has run terminatefunc and closed the library, which is
+    /// when the same inode may be loaded again.
+    object: Option<ObjectRef>,
 }
 
 // SAFETY: a Script is immutable after loading except through its own Mutex;
@@ -102,24 +142,14 @@ unsafe impl Send for Script {}
 unsafe impl Sync for Script {}
 
 impl Script {
-    /// Loads the library, binds its imports and runs initfunc.  Runs inside
-    /// the request that needs the script, so initfunc sees that request's
-    /// environment.
-    fn load(path: &CStr, r: *mut sys::request_rec, cfg: &Settings) -> Result<Script, LoadError> {
-        // SAFETY (whole function): plain libc calls on our own descriptor;
-        // the library's code runs only under the guard.
+    /// Loads the library from `fd` (already opened from `path` and checked),
+    /// binds its imports and runs initfunc.  Runs inside the request that
+    /// needs the script, so initfunc sees that request's environment.
+    fn load(path: &CStr, fd: OwnedFd, r: *mut sys::request_rec, cfg: &Settings) -> Result<Script, LoadError> {
+        // SAFETY (whole function): dlopen of our own descriptor; the
+        // library's code runs only under the guard.
         unsafe {
-            let raw = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if raw < 0 {
-                return Err(LoadError::failed(format!("cannot open: {}", std::io::Error::last_os_error())));
-            }
-            let fd = OwnedFd::from_raw_fd(raw);
             let name = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            // The checks look at what was opened, not at what the path named
-            // a moment ago: they and dlopen see the same file.
-            trust::check(&fd, r, cfg).map_err(LoadError::forbidden)?;
-            crate::elfcheck::whole(fd.as_fd())
-                .map_err(|e| LoadError::failed(format!("not a loadable shared object: {e}")))?;
             // RTLD_LOCAL: a script's symbols never become visible to other
             // scripts.  RTLD_DEEPBIND: the script's own definitions win over
             // the server's (its own `random`, say), as in a CGI process.
@@ -157,6 +187,7 @@ impl Script {
                 lib: Some(lib),
                 fd: Some(fd),
                 metrics_slot: None,
+                object: None,
             };
             if let Some(init) = init {
                 let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), cfg.timeout);
@@ -231,12 +262,54 @@ impl Drop for Script {
     }
 }
 
-struct Slot {
+/// A path's current script, and the identity of the file the path named
+/// when it was opened (the fast path compares it with the request's stat).
+struct Entry {
     ident: FileIdent,
-    script: OnceLock<Arc<Script>>,
-    /// Serialises the load, so initfunc runs once even when many requests
-    /// for a new script arrive together.
-    loading: Mutex<()>,
+    script: Arc<Script>,
+}
+
+/// What became of the object loaded from one inode.
+enum ObjState {
+    /// Nothing loaded yet (the holder of the lock is loading it).
+    Vacant,
+    /// Loaded.  A Weak that no longer upgrades is a script whose last
+    /// reference is gone and whose Drop (terminatefunc, dlclose) is running.
+    Live(Weak<Script>),
+    /// Unloaded after a fault, still held by requests in flight: it must not
+    /// be handed out again, and the inode must not be loaded again (dlopen
+    /// would return this very mapping) until it is closed.
+    Retired,
+    /// Closed and out of the map: look the inode up again.
+    Gone,
+}
+
+struct Object {
+    state: Mutex<ObjState>,
+    /// Signalled when the state leaves Live or Retired.
+    changed: Condvar,
+}
+
+/// Held by a loaded Script: its drop closes the object's entry.
+///
+/// Keying by inode does not remove the descriptor that `impl Drop for
+/// Script` keeps (forgets) for an object glibc leaves mapped after dlclose:
+/// glibc looks a name up among loaded objects before it compares inodes, so
+/// a later file opened as the same `/proc/self/fd/N` would be handed the old
+/// object.  Reusing that descriptor for a reload of the same inode would
+/// bound it to one per file, at the cost of moving it out of Drop; left as
+/// it is (one per unload of such a script, documented in the README).
+struct ObjectRef {
+    key: ObjKey,
+    obj: Arc<Object>,
+}
+
+impl Drop for ObjectRef {
+    fn drop(&mut self) {
+        if let Some(reg) = REGISTRY.get() {
+            reg.forget_object(self.key, &self.obj);
+        }
+    }
 }
 
 /// Recent faults of one script path in this process.
@@ -276,7 +349,12 @@ impl FxHasher {
 type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 
 pub struct Registry {
-    map: RwLock<FxMap<Box<[u8]>, Arc<Slot>>>,
+    paths: RwLock<FxMap<Box<[u8]>, Entry>>,
+    /// Lock order: `objects`, then an Object's `state`; neither is ever
+    /// taken while holding `paths`.  A loaded Script is never dropped while
+    /// any of them is held (its drop takes `objects` and `state`); the one
+    /// dropped under `state` is a failed load, which has no object yet.
+    objects: Mutex<FxMap<ObjKey, Arc<Object>>>,
     faults: Mutex<HashMap<Box<[u8]>, Faults>>,
     /// The main server, for messages outside requests.
     pub server: AtomicPtr<sys::server_rec>,
@@ -296,7 +374,8 @@ fn relock<T>(r: std::sync::LockResult<T>) -> T {
 impl Registry {
     pub fn new() -> Registry {
         Registry {
-            map: RwLock::new(FxMap::default()),
+            paths: RwLock::new(FxMap::default()),
+            objects: Mutex::new(FxMap::default()),
             faults: Mutex::new(HashMap::new()),
             server: AtomicPtr::new(std::ptr::null_mut()),
         }
@@ -311,16 +390,15 @@ impl Registry {
         r: *mut sys::request_rec,
         cfg: &Settings,
     ) -> Result<Arc<Script>, LoadError> {
-        let key = path.to_bytes();
         // The fast path, kept small so that it stays in few cache lines: a
         // loaded script, one reference count taken.
-        if let Some(s) = relock(self.map.read()).get(key).filter(|s| s.ident == ident).and_then(|s| s.script.get()) {
-            return Ok(s.clone());
+        if let Some(e) = relock(self.paths.read()).get(path.to_bytes()).filter(|e| e.ident == ident) {
+            return Ok(e.script.clone());
         }
         self.get_slow(path, ident, r, cfg)
     }
 
-    /// Everything but a hit: loading, reloading a changed file, quarantine.
+    /// Everything but a hit: a new, changed or re-moded file, quarantine.
     #[cold]
     #[inline(never)]
     fn get_slow(
@@ -331,78 +409,223 @@ impl Registry {
         cfg: &Settings,
     ) -> Result<Arc<Script>, LoadError> {
         let key = path.to_bytes();
-        let found = relock(self.map.read()).get(key).filter(|s| s.ident == ident).cloned();
-        let slot = match found {
-            Some(slot) => slot,
-            None => {
-                // Only a script that is not loaded can be in quarantine (a
-                // fault unloads it), so this check stays off the fast path.
-                if let Some(left) = self.quarantined(key, ident) {
-                    return Err(LoadError {
-                        status: sys::HTTP_SERVICE_UNAVAILABLE as c_int,
-                        msg: "quarantined".into(),
-                        fault: false,
-                        retry_after: Some(left.as_secs_f64().ceil() as u64),
-                    });
-                }
-                let mut map = relock(self.map.write());
-                match map.get(key) {
-                    Some(s) if s.ident == ident => s.clone(),
-                    _ => {
-                        let slot = Arc::new(Slot { ident, script: OnceLock::new(), loading: Mutex::new(()) });
-                        let old = map.insert(key.into(), slot.clone());
-                        drop(map);
-                        // The replaced version is released here, outside the
-                        // lock: its terminatefunc runs now unless a request
-                        // in flight still holds it.
-                        if old.is_some() {
-                            crate::metrics::reloaded(path);
-                            log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading it again", path.to_string_lossy());
-                        }
-                        drop(old);
-                        slot
-                    }
-                }
+        // Only a script that is not loaded can be in quarantine (a fault
+        // unloads it), so this check stays off the fast path.
+        if let Some(left) = self.quarantined(key, ident) {
+            return Err(LoadError {
+                status: sys::HTTP_SERVICE_UNAVAILABLE as c_int,
+                msg: "quarantined".into(),
+                fault: false,
+                retry_after: Some(left.as_secs_f64().ceil() as u64),
+            });
+        }
+        // From here on only what was actually opened counts: the request's
+        // stat may describe a file that has been replaced since.
+        // SAFETY: open and fstat on our own descriptor.
+        let (fd, real) = unsafe {
+            let raw = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if raw < 0 {
+                return Err(LoadError::failed(format!("cannot open: {}", last_os_error())));
             }
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(LoadError::failed(format!("cannot stat: {}", last_os_error())));
+            }
+            (fd, FileIdent::of_stat(&st))
         };
-        if let Some(s) = slot.script.get() {
-            return Ok(s.clone());
+        if real != ident {
+            log::rlog!(r, APLOG_DEBUG, "{}: the file changed after the request's stat", path.to_string_lossy());
+            // Another request may have published exactly what we opened.
+            if let Some(e) = relock(self.paths.read()).get(key).filter(|e| e.ident == real) {
+                return Ok(e.script.clone());
+            }
         }
-        let _loading = relock(slot.loading.lock());
-        if let Some(s) = slot.script.get() {
-            return Ok(s.clone());
-        }
-        match Script::load(path, r, cfg) {
-            Ok(script) => Ok(slot.script.get_or_init(|| Arc::new(script)).clone()),
+        // Every other change (a new file, chmod, chown, a new link: the
+        // ctime) is checked again before anything is run or handed out.
+        // SAFETY: `r` is live and its filename is the path `fd` came from.
+        unsafe { trust::check(&fd, r, cfg) }.map_err(LoadError::forbidden)?;
+        crate::elfcheck::whole(fd.as_fd())
+            .map_err(|e| LoadError::failed(format!("not a loadable shared object: {e}")))?;
+        self.drop_replaced(path, real, r);
+        let script = match self.acquire(real.object(), fd, path, r, cfg) {
+            Ok(s) => s,
             Err(e) => {
-                self.remove_slot(key, &slot);
                 if e.fault && self.record_fault(key, ident, cfg) {
                     crate::metrics::quarantined(path);
                     log::rerror(r, sys::APLOG_ERR, 0, &quarantine_message(path, cfg));
                 }
-                Err(e)
+                return Err(e);
+            }
+        };
+        self.publish(path, real, &script, r);
+        Ok(script)
+    }
+
+    /// The one Script of the object `key`: the live one, or a new load from
+    /// `fd`.  Waits (bounded) while an older Script of the same inode is
+    /// still being closed, since dlopen would return its mapping.
+    fn acquire(
+        &self,
+        key: ObjKey,
+        fd: OwnedFd,
+        path: &CStr,
+        r: *mut sys::request_rec,
+        cfg: &Settings,
+    ) -> Result<Arc<Script>, LoadError> {
+        let mut fd = Some(fd);
+        let limit = cfg.timeout.unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
+        loop {
+            let obj = relock(self.objects.lock())
+                .entry(key)
+                .or_insert_with(|| Arc::new(Object { state: Mutex::new(ObjState::Vacant), changed: Condvar::new() }))
+                .clone();
+            let mut st = relock(obj.state.lock());
+            loop {
+                match &*st {
+                    ObjState::Live(w) => {
+                        if let Some(s) = w.upgrade() {
+                            log::rlog!(r, APLOG_DEBUG, "{}: shares the object already loaded", path.to_string_lossy());
+                            return Ok(s);
+                        }
+                    }
+                    ObjState::Retired => {}
+                    ObjState::Gone => break,
+                    ObjState::Vacant => {
+                        // The state lock is held through the load: another
+                        // request for this inode, by whatever path, waits
+                        // for this initfunc instead of running its own.
+                        let Some(fd) = fd.take() else {
+                            return Err(LoadError::failed("internal error: descriptor used twice".into()));
+                        };
+                        return match Script::load(path, fd, r, cfg) {
+                            Ok(mut script) => {
+                                script.object = Some(ObjectRef { key, obj: obj.clone() });
+                                let s = Arc::new(script);
+                                *st = ObjState::Live(Arc::downgrade(&s));
+                                Ok(s)
+                            }
+                            Err(e) => {
+                                drop(st);
+                                self.forget_object(key, &obj);
+                                Err(e)
+                            }
+                        };
+                    }
+                }
+                // An older Script of this inode is closing (its last request
+                // is finishing, or its terminatefunc runs).
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(LoadError {
+                        status: sys::HTTP_SERVICE_UNAVAILABLE as c_int,
+                        msg: format!(
+                            "the previous load of this file is still in use after {} s; it must be closed first",
+                            limit.as_secs()
+                        ),
+                        fault: false,
+                        retry_after: None,
+                    });
+                }
+                st = relock(obj.changed.wait_timeout(st, left)).0;
             }
         }
     }
 
-    fn remove_slot(&self, key: &[u8], slot: &Arc<Slot>) {
-        let mut map = relock(self.map.write());
-        let removed = if map.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) { map.remove(key) } else { None };
-        drop(map);
-        drop(removed);
+    /// The object's Script is closed (or its load failed): the inode may be
+    /// loaded afresh.
+    fn forget_object(&self, key: ObjKey, obj: &Arc<Object>) {
+        let mut objects = relock(self.objects.lock());
+        *relock(obj.state.lock()) = ObjState::Gone;
+        if objects.get(&key).is_some_and(|o| Arc::ptr_eq(o, obj)) {
+            objects.remove(&key);
+        }
+        drop(objects);
+        obj.changed.notify_all();
     }
 
-    /// Takes a failed script out of the list: the next request loads the
-    /// file afresh.  Requests still running it keep their reference.
-    pub fn unload(&self, script: &Arc<Script>) {
-        let key = script.path.to_bytes();
-        let mut map = relock(self.map.write());
-        let removed = if map.get(key).and_then(|s| s.script.get()).is_some_and(|s| Arc::ptr_eq(s, script)) {
-            map.remove(key)
-        } else {
-            None
+    /// Before the file now at `path` is loaded: the entry of the file it
+    /// replaced goes first, so that the old version's terminatefunc runs
+    /// before the new one's initfunc when no request holds it any more.
+    /// Only if the path still names what was opened: an entry published
+    /// from a newer file stays.
+    fn drop_replaced(&self, path: &CStr, real: FileIdent, r: *mut sys::request_rec) {
+        let key = path.to_bytes();
+        let mut paths = relock(self.paths.write());
+        let old = match paths.get(key) {
+            Some(e) if e.ident.object() != real.object() && names(path) == Some(real.object()) => paths.remove(key),
+            _ => None,
         };
-        drop(map);
+        drop(paths);
+        if old.is_some() {
+            crate::metrics::reloaded(path);
+            log::rlog!(r, APLOG_DEBUG, "{}: file changed, loading it again", path.to_string_lossy());
+        }
+        drop(old);
+    }
+
+    /// Makes `script` the one for `path`, unless the path has been pointed
+    /// at another file since it was opened: a request that opened an old
+    /// version must not put it back over a newer one (it still runs the
+    /// version it opened, whole).
+    fn publish(&self, path: &CStr, real: FileIdent, script: &Arc<Script>, r: *mut sys::request_rec) {
+        let key = path.to_bytes();
+        let current = |paths: &FxMap<Box<[u8]>, Entry>| {
+            paths.get(key).is_some_and(|e| e.ident == real && Arc::ptr_eq(&e.script, script))
+        };
+        let shared = relock(self.paths.read());
+        if current(&shared) {
+            return;
+        }
+        drop(shared);
+        let mut paths = relock(self.paths.write());
+        if current(&paths) {
+            return;
+        }
+        // One stat under the write lock, on this slow path only: with the
+        // lock held nobody else publishes, so what the path names now is
+        // what the last publisher saw.
+        if names(path) != Some(real.object()) {
+            drop(paths);
+            log::rlog!(r, APLOG_DEBUG, "{}: replaced again meanwhile; not published", path.to_string_lossy());
+            return;
+        }
+        let old = paths.insert(key.into(), Entry { ident: real, script: script.clone() });
+        drop(paths);
+        // The replaced version is released here, outside the lock: its
+        // terminatefunc runs now unless a request in flight still holds it
+        // (or another path still maps to it).
+        if old.as_ref().is_some_and(|o| !Arc::ptr_eq(&o.script, script)) {
+            crate::metrics::reloaded(path);
+            log::rlog!(r, APLOG_DEBUG, "{}: file changed, now serving the new one", path.to_string_lossy());
+        }
+        drop(old);
+    }
+
+    /// Takes a failed script out of the list, under every path that leads
+    /// to it: the next request loads the file afresh, once the requests
+    /// still running it have let go.
+    pub fn unload(&self, script: &Arc<Script>) {
+        let mut removed = Vec::new();
+        let mut paths = relock(self.paths.write());
+        // A scan of every path, on faults only: links to the same file are
+        // under other keys.  The caller's reference keeps the Script alive,
+        // so nothing is dropped under the lock but reference counts.
+        paths.retain(|_, e| {
+            let same = Arc::ptr_eq(&e.script, script);
+            if same {
+                removed.push(e.script.clone());
+            }
+            !same
+        });
+        drop(paths);
+        if let Some(o) = &script.object {
+            let mut st = relock(o.obj.state.lock());
+            if matches!(&*st, ObjState::Live(w) if w.as_ptr() == Arc::as_ptr(script)) {
+                *st = ObjState::Retired;
+            }
+        }
         drop(removed);
     }
 
@@ -451,7 +674,7 @@ impl Registry {
     /// At process exit: every loaded script gets its terminatefunc.
     pub fn shutdown(&self) {
         let _ = EXIT_DEADLINE.set(Instant::now() + EXIT_BUDGET);
-        let all: Vec<_> = relock(self.map.write()).drain().collect();
+        let all: Vec<_> = relock(self.paths.write()).drain().collect();
         drop(all);
     }
 }
@@ -468,6 +691,15 @@ fn exit_bounded(own: Option<Duration>) -> Option<Duration> {
     let Some(end) = EXIT_DEADLINE.get() else { return own };
     let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
     Some(own.map_or(left, |t| t.min(left)))
+}
+
+/// The object the path names at this moment.
+fn names(path: &CStr) -> Option<ObjKey> {
+    // SAFETY: stat into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::stat(path.as_ptr(), &mut st) == 0).then(|| FileIdent::of_stat(&st).object())
+    }
 }
 
 pub fn quarantine_message(path: &CStr, cfg: &Settings) -> String {

@@ -10,6 +10,8 @@
 #include <util_filter.h>
 #include <ap_mpm.h>
 #include <scoreboard.h>
+#include <ap_listen.h>
+#include <mpm_common.h>
 #include <apr_strings.h>
 #include <apr_buckets.h>
 #include <apr_tables.h>
