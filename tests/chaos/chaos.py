@@ -522,8 +522,12 @@ class Soak:
         if kind_is(res, "fault_"):
             mode = res.kind[6:]
             st, _, body = c.request(res, "GET", f"/libcgi-bin/fault.so?mode={mode}")
-            res.outcome = "fault" if st == 500 else "failed"
-            if st != 500:
+            # 503: the faulted script's previous load is still running in
+            # other requests (a loop runs until LibCGITimeout) and the new
+            # load waited for it in vain (the registry's bounded wait): a
+            # failure of the faulting script, counted apart.
+            res.outcome = {500: "fault", 503: "fault_busy"}.get(st, "failed")
+            if res.outcome == "failed":
                 res.detail = f"fault script answered {st}: {body[:80]!r}"
             return
         if res.kind in ("get_small", "swap_get", "get_1m"):
@@ -700,7 +704,7 @@ def analyse(soak, log_text):
         else:
             unexplained_lines.append(("no client", line))
 
-    counts = {"requests": len(res), "exact": 0, "fault": 0, "hostile": 0, "explained": 0, "unexplained": 0}
+    counts = {"requests": len(res), "exact": 0, "fault": 0, "fault_busy": 0, "hostile": 0, "explained": 0, "unexplained": 0}
     explained_detail = {}
     unexplained = []
     for r in res:
@@ -708,8 +712,8 @@ def analyse(soak, log_text):
             counts["exact"] += 1
         elif r.outcome == "hostile":
             counts["hostile"] += 1
-        elif r.outcome == "fault" and fault_lines.get(id(r), 0) == 1:
-            counts["fault"] += 1
+        elif r.outcome in ("fault", "fault_busy") and fault_lines.get(id(r), 0) == 1:
+            counts[r.outcome] += 1
         else:
             pid = killed(r)
             if pid is not None:
@@ -721,7 +725,7 @@ def analyse(soak, log_text):
                     counts["explained"] -= 1
                     unexplained.append((r, f"{key}, but X-Pid says {r.pid}"))
             else:
-                if r.outcome == "fault":
+                if r.outcome in ("fault", "fault_busy"):
                     why = f"fault answered 500 with {fault_lines.get(id(r), 0)} log lines"
                 else:
                     why = r.detail
@@ -907,10 +911,12 @@ def main():
         problems.append(f"parent descriptors: {before['parent_fds']} before, {after['parent_fds']} after")
     if after["child_fds"] > before["child_fds"] + a.fd_slack:
         problems.append(f"an idle child holds {after['child_fds']} descriptors (bound {before['child_fds']} + {a.fd_slack})")
-    # Each of the 3 scripts may hold one descriptor while loaded, plus one
-    # for a version being replaced.
-    if an["file_fd_max_child"] is not None and an["file_fd_max_child"] > before["child_file_fds"] + 6:
-        problems.append(f"a child held {an['file_fd_max_child']} file descriptors (bound {before['child_file_fds']} + 6: a leak)")
+    # Each of the 3 scripts may hold one descriptor while loaded and one for
+    # a version being replaced, and each request one while it loads (the
+    # registry keeps it open while it waits for an old load to close).
+    fd_bound = before["child_file_fds"] + 6 + a.concurrency
+    if an["file_fd_max_child"] is not None and an["file_fd_max_child"] > fd_bound:
+        problems.append(f"a child held {an['file_fd_max_child']} file descriptors (bound {fd_bound}: a leak)")
     if an["rss_max_process_mib"] is not None and an["rss_max_process_mib"] > a.rss_bound_mib:
         problems.append(f"a server process reached {an['rss_max_process_mib']} MiB RSS (bound {a.rss_bound_mib})")
     if stop_s > 10:
@@ -943,7 +949,7 @@ def main():
     c = an["counts"]
     log(
         f"{a.mpm}: {c['requests']} requests in {duration:.0f} s: {c['exact']} exact, {c['fault']} faults, "
-        f"{c['hostile']} hostile, {c['explained']} explained, {c['unexplained']} unexplained; "
+        f"{c['fault_busy']} fault-script 503s, {c['hostile']} hostile, {c['explained']} explained, {c['unexplained']} unexplained; "
         f"{an['kills']} kills, {an['gracefuls']} graceful, {an['swaps']} swaps; "
         f"max RSS {an['rss_max_process_mib']} MiB/process, max fds {an['fd_max_child']}/child"
     )

@@ -14,7 +14,7 @@ for mpm in ("prefork", "event"):
     d = json.load(open(p))
     c = d["counts"]
     rows.append(
-        f"| {mpm} | {c['requests']:,} | {d['duration_s']:.0f} | {c['exact']:,} | {c['fault']:,} | {c['hostile']:,} "
+        f"| {mpm} | {c['requests']:,} | {d['duration_s']:.0f} | {c['exact']:,} | {c['fault']:,} | {c.get('fault_busy', 0):,} | {c['hostile']:,} "
         f"| {c['explained']:,} | **{c['unexplained']}** | {d['unexplained_log_count']} | {d['kills']} ({d['kill_ports']} conns) "
         f"| {d['gracefuls']} | {d['swaps']} | {d['rss_max_process_mib']} / {d['rss_total_max_mib']} "
         f"| {d['fd_max_parent']} / {d['fd_max_child']} / {d.get('file_fd_max_child')} | {d['before']['session_procs']} / {d['after']['session_procs']} "
@@ -47,8 +47,8 @@ descriptors are the parent / the largest child (all; connections included) / the
 files (neither sockets nor pipes: a leak of script descriptors shows here) over the run; "before / after" are counted with the
 server idle before the load and after it settled.
 
-| MPM | requests | s | exact | faults (500 + 1 log line) | hostile | explained by a kill | unexplained | unexplained log lines | kill -9 | graceful | swaps | RSS MiB max | fds max: parent / child / child files | procs before/after | parent fds before/after | idle child fds before/after | stop s | problems |
-|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|
+| MPM | requests | s | exact | faults (500 + 1 log line) | faulted script busy (503 + 1 line) | hostile | explained by a kill | unexplained | unexplained log lines | kill -9 | graceful | swaps | RSS MiB max | fds max: parent / child / child files | procs before/after | parent fds before/after | idle child fds before/after | stop s | problems |
+|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|
 """
 with open(os.path.join(out, "report.md"), "w") as f:
     f.write(head + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n")
