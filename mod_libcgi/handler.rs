@@ -140,8 +140,26 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
         };
         m.script(script.metrics_slot.unwrap_or_default());
         let out = {
-            let _serial = script.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-            guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout)
+            // Tried first: a lock that is free costs what lock() costs, and
+            // only a busy one needs the check that it is not held by this
+            // very thread (a subrequest into the script that is running,
+            // e.g. an include of itself), where waiting would never end.
+            let _serial = match script.serial.as_ref().map(|m| (m, m.try_lock())) {
+                None => None,
+                Some((_, Ok(g))) => Some(g),
+                Some((_, Err(std::sync::TryLockError::WouldBlock))) if script.code.running_here() => {
+                    return refuse(
+                        r,
+                        sys::HTTP_LOOP_DETECTED as c_int,
+                        format_args!(
+                            "{name}: a subrequest into this script while it runs on the same thread \
+                             (it is not thread-safe: libcgi_thread_safe)"
+                        ),
+                    );
+                }
+                Some((m, Err(_))) => Some(m.lock().unwrap_or_else(|e| e.into_inner())),
+            };
+            guard::call(script.process as *const c_void, guard::CALL_INT_STR, input, cfg.timeout, &script.code)
         };
         m.called(&out, filename, cfg.recycle);
         (script, out)
@@ -223,7 +241,7 @@ unsafe fn faulted(
 #[inline(never)]
 unsafe fn failed_response(r: *mut sys::request_rec, req: &mut Request, cfg: &Settings) -> c_int {
     req.discard_body();
-    if cfg.recycle {
+    if cfg.recycle || guard::unsound() {
         recycle::schedule(r);
     }
     if (*r).sent_bodyct == 0 {
@@ -246,7 +264,7 @@ unsafe fn load_failed(r: *mut sys::request_rec, name: Name, e: LoadError, cfg: &
         return e.status;
     }
     log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {}", e.msg));
-    if e.fault && cfg.recycle {
+    if (e.fault && cfg.recycle) || guard::unsound() {
         recycle::schedule(r);
     }
     e.status

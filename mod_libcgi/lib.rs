@@ -63,7 +63,8 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
     guard::libcgi_set_api(&RS_API);
     // Apache's own fault handlers (sig_coredump) are in place by now; ours
     // keep them and hand them every fault that is not a script's.
-    let e = guard::libcgi_install_handlers(guard::timer_signal());
+    let e = guard::libcgi_install_handlers(guard::timer_signal(), log::error_log_fd(s));
+    guard::start_watchdog();
     if e != 0 {
         log::serror(
             s,
@@ -93,4 +94,5 @@ static RS_API: guard::RsApi = guard::RsApi {
     unsetenv: env::libcgi_unsetenv,
     putenv: env::libcgi_putenv,
     clearenv: env::libcgi_clearenv,
+    thread_gone: guard::thread_gone,
 };

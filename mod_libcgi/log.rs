@@ -52,6 +52,20 @@ pub fn serror(s: *const sys::server_rec, level: u32, msg: &str) {
     }
 }
 
+/// The descriptor of the main server's error log (-1 if it has none), for
+/// lines written without Apache's logger (the guard's last resort).
+pub fn error_log_fd(s: *const sys::server_rec) -> c_int {
+    let mut fd: c_int = -1;
+    // SAFETY: `s` is the live main server_rec; apr_os_file_get only reads
+    // the apr_file_t.
+    unsafe {
+        if !s.is_null() && !(*s).error_log.is_null() {
+            sys::apr_os_file_get(&mut fd, (*s).error_log);
+        }
+    }
+    fd
+}
+
 /// `rerror` with the message still to be formatted.  Out of line and cold:
 /// messages are the exception, and the formatting code would otherwise sit
 /// between the instructions every request runs, costing instruction cache.

@@ -70,10 +70,11 @@ impl FileIdent {
 type ObjKey = (u64, u64);
 
 /// The imports of a script that are bound to ours: the environment goes to
-/// the per-request table, and exit() & co. end the request, not the server.
-/// All point at the C wrappers in shim.c, which defer a timeout until they
-/// return.
-fn bindings() -> [(&'static CStr, usize); 10] {
+/// the per-request table, exit() & co. end the request, not the server, and
+/// the signal functions cannot take the guard's signals.  All point at the C
+/// wrappers in shim.c, which defer a timeout until they return; vfork is
+/// fork (a vfork child shares the server's memory and stack).
+fn bindings() -> [(&'static CStr, usize); 29] {
     [
         (c"getenv", guard::libcgi_c_getenv as *const () as usize),
         (c"secure_getenv", guard::libcgi_c_secure_getenv as *const () as usize),
@@ -85,8 +86,31 @@ fn bindings() -> [(&'static CStr, usize); 10] {
         (c"_exit", guard::libcgi_c__exit as *const () as usize),
         (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
         (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
+        (c"vfork", libc::fork as *const () as usize),
+        (c"__vfork", libc::fork as *const () as usize),
+        (c"pthread_exit", guard::libcgi_c_pthread_exit as *const () as usize),
+        (c"abort", guard::libcgi_c_abort as *const () as usize),
+        (c"__assert_fail", guard::libcgi_c___assert_fail as *const () as usize),
+        (c"sigprocmask", guard::libcgi_c_sigprocmask as *const () as usize),
+        (c"pthread_sigmask", guard::libcgi_c_pthread_sigmask as *const () as usize),
+        (c"sigsuspend", guard::libcgi_c_sigsuspend as *const () as usize),
+        (c"__sigsuspend", guard::libcgi_c_sigsuspend as *const () as usize),
+        (c"sigaction", guard::libcgi_c_sigaction as *const () as usize),
+        (c"__sigaction", guard::libcgi_c_sigaction as *const () as usize),
+        (c"signal", guard::libcgi_c_signal as *const () as usize),
+        (c"bsd_signal", guard::libcgi_c_signal as *const () as usize),
+        (c"sysv_signal", guard::libcgi_c_sysv_signal as *const () as usize),
+        (c"__sysv_signal", guard::libcgi_c_sysv_signal as *const () as usize),
+        (c"sigset", guard::libcgi_c_sigset as *const () as usize),
+        (c"sighold", guard::libcgi_c_sighold as *const () as usize),
+        (c"sigignore", guard::libcgi_c_sigignore as *const () as usize),
+        (c"sigaltstack", guard::libcgi_c_sigaltstack as *const () as usize),
     ]
 }
+
+/// Deadline for a script's destructors when LibCGITimeout is 0 (no limit):
+/// the loader lock is held meanwhile, so they are never left unbounded.
+const DESTRUCTOR_LIMIT: Duration = Duration::from_secs(30);
 
 /// Why a script could not be run, and what the client gets.
 pub struct LoadError {
@@ -121,6 +145,9 @@ pub struct Script {
     /// thread-safe (`libcgi_thread_safe = 1`).
     pub serial: Option<Mutex<()>>,
     lib: Option<Library>,
+    /// Where the script's code is, for the guard (boxed: the guard keeps its
+    /// address during calls, and the Script moves after load).
+    pub code: Box<guard::Code>,
     /// The descriptor the library was opened through (/proc/self/fd/N).
     /// Kept open while the library is loaded so no other script can be
     /// opened under the same name: glibc returns an already-loaded object
@@ -178,8 +205,11 @@ impl Script {
                 "{}: loaded ({n} imports bound, thread_safe={thread_safe})",
                 path.to_string_lossy()
             );
+            let owned = path.to_owned();
+            let code = Box::new(guard::Code::of(process as usize, &owned));
             let mut script = Script {
-                path: path.to_owned(),
+                path: owned,
+                code,
                 process,
                 terminate: None,
                 timeout: cfg.timeout,
@@ -190,7 +220,13 @@ impl Script {
                 object: None,
             };
             if let Some(init) = init {
-                let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), cfg.timeout);
+                let out = guard::call(
+                    init as *const c_void,
+                    guard::CALL_INT_VOID,
+                    std::ptr::null_mut(),
+                    cfg.timeout,
+                    &script.code,
+                );
                 // A script whose initfunc failed was never initialised: it is
                 // closed (when `script` drops) without terminatefunc.
                 match out.kind {
@@ -202,7 +238,7 @@ impl Script {
                         return Err(e);
                     }
                 }
-                log::rlog!(r, APLOG_DEBUG, "{}: initfunc done", path.to_string_lossy());
+                log::rlog!(r, APLOG_DEBUG, "{}: initfunc done", script.path.to_string_lossy());
             }
             script.terminate = terminate;
             let slot = crate::metrics::slot_for(path);
@@ -230,6 +266,7 @@ impl Drop for Script {
                     guard::CALL_VOID_VOID,
                     std::ptr::null_mut(),
                     exit_bounded(self.timeout),
+                    &self.code,
                 )
             };
             if out.kind != guard::RETURNED {
@@ -239,7 +276,32 @@ impl Drop for Script {
             }
         }
         if let Some(lib) = self.lib.take() {
-            if let Err(e) = lib.close() {
+            // dlclose runs the script's destructors and atexit handlers, and
+            // it is closed even after a fault: glibc would hand a reload the
+            // same mapped object (same device and inode), with the crashed
+            // run's static state.  Under the guard, with the loader lock
+            // held: a fault or a hang there cannot be jumped out of safely,
+            // so it costs the process (recycled), never a dead or hung one.
+            let handle = lib.into_raw();
+            let limit = exit_bounded(Some(self.timeout.filter(|t| !t.is_zero()).unwrap_or(DESTRUCTOR_LIMIT)));
+            // SAFETY: `handle` is the script's open handle, closed once here;
+            // dlclose has the CALL_LOADER signature.
+            let out = unsafe {
+                guard::call(
+                    libc::dlclose as *const c_void,
+                    guard::CALL_LOADER,
+                    handle as *mut c_char,
+                    limit,
+                    &self.code,
+                )
+            };
+            if out.kind != guard::RETURNED {
+                let what = format!("{}: destructors (dlclose) {}", self.path.to_string_lossy(), out.describe(limit));
+                log::serror(server, sys::APLOG_ERR, &what);
+            } else if out.rc != 0 {
+                // SAFETY: dlerror returns a thread-local string or null.
+                let e = unsafe { libc::dlerror() };
+                let e = if e.is_null() { "unknown".into() } else { unsafe { CStr::from_ptr(e) }.to_string_lossy() };
                 let what = format!("{}: dlclose failed: {e}", self.path.to_string_lossy());
                 log::serror(server, sys::APLOG_WARNING, &what);
             }
