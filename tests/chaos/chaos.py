@@ -875,6 +875,19 @@ def main():
         "child_fds": max([fd_count(p) or 0 for p in children(srv.pid)] or [0]),
         "parent_rss_kib": rss_kib(srv.pid),
     }
+    if not settled and shutil.which("gdb"):
+        # A process that did not go away: what its threads are doing, for
+        # the report (before the stop, which may have to SIGKILL it).
+        known = set(children(srv.pid))
+        with open(os.path.join(a.out, f"{a.mpm}-stuck-stacks.txt"), "w") as f:
+            for p in sorted(known):
+                st = stat_fields(p)
+                f.write(f"=== pid {p} state {st[0] if st else '?'} started {st[18] if st else '?'}\n")
+                o = subprocess.run(
+                    ["gdb", "-p", str(p), "-batch", "-ex", "thread apply all bt 12"],
+                    capture_output=True, text=True, timeout=60,
+                )
+                f.write(o.stdout[-20000:])
     stop_s = srv.stop()
     left = session_procs(srv.pid)
     log_text = srv.read_log()
