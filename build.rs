@@ -99,6 +99,14 @@ fn main() {
         .file("mod_libcgi/shim.c")
         .includes(&includes)
         .flag_if_supported("-fno-omit-frame-pointer")
+        // No unwind tables for the shim: a C++ exception escaping a script
+        // (processfunc not noexcept) then finds no frame to unwind into and
+        // std::terminate aborts inside the script, under the guard.  With
+        // them, the unwinder walks past libcgi_call's sigsetjmp into the
+        // module's Rust frames, which (panic = "unwind") have landing pads
+        // that abort outside the guard's reach.
+        .flag_if_supported("-fno-asynchronous-unwind-tables")
+        .flag_if_supported("-fno-unwind-tables")
         .warnings(true)
         .compile("libcgi_shim");
 }

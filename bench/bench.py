@@ -118,6 +118,7 @@ def build():
         os.link(os.path.join(WORK, "many", "m0000.so"), os.path.join(WORK, "links", f"l{i:04d}.so"))
         # The control: as many files for the native module (28 B each).
         open(os.path.join(WORK, "nmany", f"n28-{i:04d}.nat"), "w").close()
+    build_script_rows()
     # A private copy of the module: the benchmark is immune to a rebuild
     # running at the same time.
     shutil.copy(MODULE, os.path.join(WORK, "obj", "libmod_libcgi.so"))
@@ -133,6 +134,24 @@ def build():
     while d != "/":
         os.chmod(d, os.stat(d).st_mode | 0o005)
         d = os.path.dirname(d)
+
+
+# The same hello written several ways (callgrind rows beside mod_libcgi's):
+# examples/hello.c, examples/rust/hello (the libcgi crate),
+# tests/rust-scripts/sdktest's /hello (the same after one getenv, which has
+# the module build the request's variables) and examples/rust/http-hello
+# (through libcgi's http crate adapter, which reads the variables).
+SCRIPT_ROWS = [("c_hello", "/libcgi-bin/chello.so"), ("rust_hello", "/libcgi-bin/rhello.so"),
+               ("rust_var", "/libcgi-bin/rvar.so/hello"), ("rust_http", "/libcgi-bin/rhttp.so")]
+
+
+def build_script_rows():
+    d = os.path.join(WORK, "libcgi-bin")
+    sh(["cc", "-O2", "-shared", "-fPIC", "-I", os.path.join(ROOT, "include"), "-o", os.path.join(d, "chello.so"),
+        os.path.join(ROOT, "examples", "hello.c")])
+    sh(["cargo", "build", "--release", "--quiet", "-p", "hello", "-p", "http-hello", "-p", "sdktest"], cwd=ROOT)
+    for src, dst in [("libhello.so", "rhello.so"), ("libhttp_hello.so", "rhttp.so"), ("libsdktest.so", "rvar.so")]:
+        shutil.copy(os.path.join(ROOT, "target", "release", src), os.path.join(d, dst))
 
 
 def native_so():
@@ -605,6 +624,8 @@ def callgrind():
                 for z in SIZES:
                     get(url(p, z))
         get("/many/m0000.so", 20)
+        for _, path in SCRIPT_ROWS:
+            get(path, 20)
         get("/mark")                      # ends start-up + warm-up (discarded)
         plan.append(("warm-up", 0))
         get("/mark")
@@ -612,6 +633,9 @@ def callgrind():
         for rep in range(2):              # twice each, to show the counts repeat
             for p in ["native", "native_hdr", "libcgi", "static"]:
                 segment(f"{p}#{rep}", url(p, 28), n)
+        for rep in range(2):
+            for p, path in SCRIPT_ROWS:
+                segment(f"{p}#{rep}", path, n)
         segment("first", "/many/m0001.so", 1)
         segment("second", "/many/m0001.so", 1)
         for z in SIZES[1:]:
@@ -654,6 +678,9 @@ def callgrind():
 
     res = {"requests": n, "marker": marker}
     for p in ["native", "native_hdr", "libcgi", "static"]:
+        res[p] = statistics.mean(per_req(f"{p}#{r}") for r in range(2))
+        res[p + "_runs"] = [per_req(f"{p}#{r}") for r in range(2)]
+    for p, _ in SCRIPT_ROWS:
         res[p] = statistics.mean(per_req(f"{p}#{r}") for r in range(2))
         res[p + "_runs"] = [per_req(f"{p}#{r}") for r in range(2)]
     for label in ["first", "second", "few-one", "many-one", "many-spread"] + \
@@ -989,6 +1016,11 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
     over = cg["libcgi"] / cg["native"] - 1
     targets.append(("instructions per request at 28 B: <= 10% more than the native module", over <= 0.10,
                     f"{over * 100:+.1f}%", "callgrind, reproducible", "cg", 0.10, over, []))
+    if "rust_hello" in cg:
+        over_rs = cg["rust_hello"] / cg["c_hello"] - 1
+        targets.append(("instructions per request: Rust hello (libcgi crate) <= 2% more than the C hello",
+                        over_rs <= 0.02, f"{over_rs * 100:+.1f}%", "callgrind, reproducible; examples/rust/hello vs "
+                        "examples/hello.c", "cg", 0.02, over_rs, []))
     if "metrics" in cg:
         cm = cg["metrics"]
         targets.append(("instructions per request at 28 B with metrics on: <= 1% more than off", cm["over"] <= 0.01,
@@ -1024,6 +1056,27 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
               f"{cg['native_hdr'] - cg['native']:+,.0f}; mod_libcgi over `native_hdr`: "
               f"**{cg['libcgi'] / cg['native_hdr']:.3f}** ({cg['libcgi'] - cg['native_hdr']:+,.0f}: the registry, "
               "the fault guard and watchdog, the callbacks and the output brigade)."]
+    if "rust_hello" in cg:
+        c = cg["c_hello"]
+        L += ["", "Scripts in Rust: the same hello (`Content-Type: text/plain`, 22 bytes) as `examples/hello.c` (C, "
+              "two `lputs`), `examples/rust/hello` (the libcgi crate: `Response::header`, `write_all`, one "
+              "`lwrite`), the same after one `getenv` (`tests/rust-scripts/sdktest`, `/hello`) and "
+              "`examples/rust/http-hello` (an `http` crate handler through libcgi's adapter):", "",
+              "| script | instructions/request | runs | vs C hello |", "|---|---:|---|---:|"]
+        for p, label in [("c_hello", "C hello"), ("rust_hello", "Rust hello (libcgi)"),
+                         ("rust_var", "Rust hello after one `getenv`"), ("rust_http", "Rust hello (http adapter)")]:
+            if p not in cg:
+                continue
+            L.append(f"| {label} | {cg[p]:,.0f} | {' / '.join(f'{x:,.0f}' for x in cg[p + '_runs'])} | "
+                     f"{cg[p] / c:.3f} ({cg[p] - c:+,.0f}) |")
+        if "rust_var" in cg:
+            L += ["", f"The first `getenv` of a request has the module build the request's variables with Apache's "
+                  f"`ap_add_common_vars`/`ap_add_cgi_vars` (a script that never calls it never pays): "
+                  f"{cg['rust_var'] - cg['rust_hello']:+,.0f} instructions. The http adapter reads the method, URI, "
+                  f"version and 32 header variables and builds an `http::Request` and its header map, "
+                  f"then writes the `http::Response` back: {cg['rust_http'] - cg['rust_var']:+,.0f} instructions "
+                  f"per request over that (the adapter's own cost), "
+                  f"{cg['rust_http'] - cg['rust_hello']:+,.0f} over the native Rust API in all."]
     L += ["",
           "By size (instructions per request):", "", "| size | native | mod_libcgi | ratio | difference |",
           "|---|---:|---:|---:|---:|"]

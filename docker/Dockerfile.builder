@@ -4,7 +4,8 @@
 #
 # Used by:  LIBCGI_MODULE_SOURCE=docker docker/build-images.sh
 # Context:  a staged copy of Cargo.toml, Cargo.lock, build.rs, mod_libcgi/,
-#           include/ (build-images.sh makes it; target/ stays out).
+#           include/ and the workspace's other members (build-images.sh makes
+#           it; target/ stays out).
 # Result:   /out/libmod_libcgi.so, copied out with docker create + docker cp
 #           (works with the legacy builder, which has no --output).
 #
@@ -21,7 +22,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
+RUN cargo build --release --locked -p mod_libcgi \
  && mkdir -p /out \
  && cp target/release/libmod_libcgi.so /out/ \
  && nm -D --defined-only /out/libmod_libcgi.so | grep -qw libcgi_module

@@ -42,7 +42,10 @@ case $MODULE_SOURCE in
         src=$LIBCGI_WORK_DIR/builder-context
         rm -rf "$src" && mkdir -p "$src"
         # Only what cargo needs: keeps target/ (GBs) out of the build context.
-        cp -a Cargo.toml Cargo.lock build.rs mod_libcgi include "$src"/
+        # The workspace's members must be there for cargo to read the root
+        # manifest, though only the module is built.
+        cp -a Cargo.toml Cargo.lock build.rs mod_libcgi include sdk "$src"/
+        cp -a --parents examples/rust tests/rust-scripts "$src"/
         log "building the module in $rust_image (docker/Dockerfile.builder)"
         docker_build -f "$LIBCGI_DOCKER_DIR/Dockerfile.builder" \
             --build-arg RUST_IMAGE="$rust_image" -t mod-libcgi/module-builder:latest "$src" >&2 ||

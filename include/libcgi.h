@@ -14,6 +14,15 @@
 
 #include <stddef.h>
 
+/*
+ * C++: an exception must not leave the script's functions (the module
+ * cannot catch it).  One that does finds no handler past the script (the
+ * module's frames carry no unwind tables), so std::terminate aborts inside
+ * the script: a fault mod_libcgi contains (500, unload), never an unwind
+ * through the server's frames.  The declarations are deliberately not
+ * noexcept, so that existing C++ scripts keep compiling; a definition may
+ * not add noexcept either (C++17 makes it part of the type).
+ */
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing; uses sudo when not root.
 set -euo pipefail
 
-pkgs=(apache2 apache2-dev libclang-dev clang gcc libc6-dev binutils curl)
+pkgs=(apache2 apache2-dev libclang-dev clang gcc g++ libc6-dev binutils curl)
 # tests/metrics.rs: promtool, JSON schema and Prometheus parsers, a headless browser, a tracer.
 pkgs+=(prometheus python3-jsonschema python3-prometheus-client chromium bpftrace nghttp2-client)
 [[ $# -gt 0 ]] && pkgs+=("$@")
