@@ -2,7 +2,7 @@
 //! work in the server config, virtual hosts and <Directory>/<Location>.
 //!
 //! LibCGITimeout <seconds>          default: the server's Timeout; 0: none
-//! LibCGIMaxFaults <n> <seconds>    default 5 in 60: then quarantine
+//! LibCGIMaxFaults <n> [<seconds>]  default 5 in 60: then quarantine; 0: never
 //! LibCGIFaultAction continue|recycle   default continue
 //! LibCGIOwner <user>               scripts may be owned by root or this user
 
@@ -61,9 +61,15 @@ unsafe extern "C" fn set_timeout(cmd: *mut sys::cmd_parms, conf: *mut c_void, w:
             c.timeout_us = (s * 1e6) as i64;
             ptr::null()
         }
-        _ => err((*cmd).pool, "LibCGITimeout takes a number of seconds between 0 (no limit) and 86400"),
+        _ => {
+            err((*cmd).pool, &format!("LibCGITimeout '{}': not a number of seconds from 0 (no limit) to 86400", arg(w)))
+        }
     }
 }
+
+const MAX_FAULTS: c_int = 1_000_000;
+/// A week: a longer quarantine is better done by removing the script.
+const MAX_WINDOW_S: c_int = 7 * 86400;
 
 unsafe extern "C" fn set_max_faults(
     cmd: *mut sys::cmd_parms,
@@ -72,14 +78,34 @@ unsafe extern "C" fn set_max_faults(
     secs: *const c_char,
 ) -> *const c_char {
     let c = &mut *(conf as *mut DirConf);
-    match (arg(n).parse::<c_int>(), arg(secs).parse::<c_int>()) {
-        (Ok(n), Ok(s)) if n >= 0 && s > 0 => {
-            c.max_faults = n;
-            c.fault_window_s = s;
-            ptr::null()
+    // TAKE12: the window is optional ("LibCGIMaxFaults 0" disables quarantine).
+    let n_arg = arg(n);
+    let count = match n_arg.parse::<c_int>() {
+        Ok(v) if (0..=MAX_FAULTS).contains(&v) => v,
+        _ => {
+            let m = format!(
+                "LibCGIMaxFaults '{n_arg}': the count must be a whole number from 0 (never quarantine) to {MAX_FAULTS}"
+            );
+            return err((*cmd).pool, &m);
         }
-        _ => err((*cmd).pool, "LibCGIMaxFaults takes a count (0: never quarantine) and a number of seconds > 0"),
-    }
+    };
+    let window = if secs.is_null() {
+        -1
+    } else {
+        match arg(secs).parse::<c_int>() {
+            Ok(v) if (1..=MAX_WINDOW_S).contains(&v) => v,
+            _ => {
+                let m = format!(
+                    "LibCGIMaxFaults '{}': the window must be a whole number of seconds from 1 to {MAX_WINDOW_S}",
+                    arg(secs)
+                );
+                return err((*cmd).pool, &m);
+            }
+        }
+    };
+    c.max_faults = count;
+    c.fault_window_s = window;
+    ptr::null()
 }
 
 unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *const c_char) -> *const c_char {
@@ -87,7 +113,7 @@ unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_voi
     match arg(w).to_ascii_lowercase().as_str() {
         "continue" => c.fault_action = 0,
         "recycle" => c.fault_action = 1,
-        _ => return err((*cmd).pool, "LibCGIFaultAction takes 'continue' or 'recycle'"),
+        _ => return err((*cmd).pool, &format!("LibCGIFaultAction '{}': takes 'continue' or 'recycle'", arg(w))),
     }
     ptr::null()
 }
@@ -95,9 +121,15 @@ unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_voi
 unsafe extern "C" fn set_owner(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *const c_char) -> *const c_char {
     let c = &mut *(conf as *mut DirConf);
     let name = arg(w);
-    if let Some(uid) = name.strip_prefix('#').and_then(|n| n.parse::<u32>().ok()) {
-        c.owner_uid = uid as i64;
-        return ptr::null();
+    if let Some(num) = name.strip_prefix('#') {
+        // (uid_t)-1 is "no user" to chown and friends, never an owner.
+        return match num.parse::<u32>() {
+            Ok(uid) if uid != u32::MAX => {
+                c.owner_uid = uid as i64;
+                ptr::null()
+            }
+            _ => err((*cmd).pool, &format!("LibCGIOwner '{name}': not a uid (#0 to #4294967294)")),
+        };
     }
     let pw = libc::getpwnam(w);
     if pw.is_null() {
@@ -152,8 +184,8 @@ pub static COMMANDS: Commands = Commands([
         func: sys::cmd_func { take2: Some(set_max_faults) },
         cmd_data: ptr::null_mut(),
         req_override: CONF,
-        args_how: sys::cmd_how_TAKE2,
-        errmsg: c"faults and seconds: a script faulting that often is quarantined for that long (default 5 60)"
+        args_how: sys::cmd_how_TAKE12,
+        errmsg: c"faults [seconds]: a script faulting that often is quarantined for that long (default 5 60; 0: never)"
             .as_ptr(),
     },
     sys::command_rec {
