@@ -476,6 +476,8 @@ class Soak:
         self.issued = 0
         self.stop_at = time.time() + args.max_seconds
         self.stopping = threading.Event()
+        # Held by the killer from SIGSTOP to SIGKILL and by each graceful restart.
+        self.chaos_lock = threading.Lock()
         self.kills = []  # (time, pid, set(client ports))
         self.gracefuls = []
         self.swaps = []
@@ -581,9 +583,15 @@ class Soak:
 
     def graceful(self):
         while not self.stopping.wait(self.a.graceful_every):
-            t = time.time()
-            os.kill(self.srv.pid, signal.SIGUSR1)  # what apachectl -k graceful sends
-            self.gracefuls.append(t)
+            # Never while the killer holds a victim stopped (see killer): a
+            # process frozen by SIGSTOP across a graceful restart cannot read
+            # its byte from the MPM's pipe of death, which is the harness's
+            # doing, not something production sees (the OOM killer does not
+            # stop a process first).
+            with self.chaos_lock:
+                t = time.time()
+                os.kill(self.srv.pid, signal.SIGUSR1)  # what apachectl -k graceful sends
+                self.gracefuls.append(t)
 
     def killer(self, rng):
         while not self.stopping.wait(self.a.kill_every):
@@ -591,18 +599,19 @@ class Soak:
             if not kids:
                 continue
             victim = rng.choice(kids)
-            try:
-                os.kill(victim, signal.SIGSTOP)
-            except ProcessLookupError:
-                continue
-            # kill() returns before the signal is delivered: only once every
-            # thread is stopped does the process accept nothing more, and
-            # then these are all its connections.
-            wait_until(lambda: all_stopped(victim), 2, "", fail=False)
-            ports = client_ports_of(victim, self.srv.port)
-            t = time.time()
-            os.kill(victim, signal.SIGKILL)
-            self.kills.append((t, victim, ports))
+            with self.chaos_lock:
+                try:
+                    os.kill(victim, signal.SIGSTOP)
+                except ProcessLookupError:
+                    continue
+                # kill() returns before the signal is delivered: only once every
+                # thread is stopped does the process accept nothing more, and
+                # then these are all its connections.
+                wait_until(lambda: all_stopped(victim), 2, "", fail=False)
+                ports = client_ports_of(victim, self.srv.port)
+                t = time.time()
+                os.kill(victim, signal.SIGKILL)
+                self.kills.append((t, victim, ports))
 
     def sampler(self):
         while not self.stopping.is_set():
