@@ -2,7 +2,7 @@
 //! work in the server config, virtual hosts and <Directory>/<Location>.
 //!
 //! LibCGITimeout <seconds>          default: the server's Timeout; 0: none
-//! LibCGIMaxFaults <n> <seconds>    default 5 in 60: then quarantine
+//! LibCGIMaxFaults <n> [<seconds>]  default 5 in 60: then quarantine; 0: never
 //! LibCGIFaultAction continue|recycle   default continue
 //! LibCGIOwner <user>               scripts may be owned by root or this user
 
@@ -13,9 +13,6 @@ use std::time::Duration;
 
 #[repr(C)]
 pub struct DirConf {
-    /// The filesystem directory of the <Directory> section this config was
-    /// made for (null for <Location>/<Files> and the server config).
-    pub root: *const c_char,
     /// Microseconds; -1 unset.
     pub timeout_us: i64,
     pub max_faults: c_int,
@@ -27,13 +24,9 @@ pub struct DirConf {
     pub iso: crate::isolation::DirIso,
 }
 
-pub unsafe extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, dir: *mut c_char) -> *mut c_void {
+pub unsafe extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
     let c = sys::apr_palloc(p, std::mem::size_of::<DirConf>()) as *mut DirConf;
-    // Only <Directory> sections give an absolute filesystem path here.
-    let root =
-        if !dir.is_null() && *dir == b'/' as c_char { sys::apr_pstrdup(p, dir) as *const c_char } else { ptr::null() };
     c.write(DirConf {
-        root,
         timeout_us: -1,
         max_faults: -1,
         fault_window_s: -1,
@@ -49,7 +42,6 @@ pub unsafe extern "C" fn merge_dir_config(p: *mut sys::apr_pool_t, base: *mut c_
     let c = sys::apr_palloc(p, std::mem::size_of::<DirConf>()) as *mut DirConf;
     let pick = |x: i64, y: i64| if x >= 0 { x } else { y };
     c.write(DirConf {
-        root: if a.root.is_null() { b.root } else { a.root },
         timeout_us: pick(a.timeout_us, b.timeout_us),
         max_faults: pick(a.max_faults as i64, b.max_faults as i64) as c_int,
         fault_window_s: pick(a.fault_window_s as i64, b.fault_window_s as i64) as c_int,
@@ -78,9 +70,15 @@ unsafe extern "C" fn set_timeout(cmd: *mut sys::cmd_parms, conf: *mut c_void, w:
             c.timeout_us = (s * 1e6) as i64;
             ptr::null()
         }
-        _ => err((*cmd).pool, "LibCGITimeout takes a number of seconds between 0 (no limit) and 86400"),
+        _ => {
+            err((*cmd).pool, &format!("LibCGITimeout '{}': not a number of seconds from 0 (no limit) to 86400", arg(w)))
+        }
     }
 }
+
+const MAX_FAULTS: c_int = 1_000_000;
+/// A week: a longer quarantine is better done by removing the script.
+const MAX_WINDOW_S: c_int = 7 * 86400;
 
 unsafe extern "C" fn set_max_faults(
     cmd: *mut sys::cmd_parms,
@@ -89,14 +87,34 @@ unsafe extern "C" fn set_max_faults(
     secs: *const c_char,
 ) -> *const c_char {
     let c = &mut *(conf as *mut DirConf);
-    match (arg(n).parse::<c_int>(), arg(secs).parse::<c_int>()) {
-        (Ok(n), Ok(s)) if n >= 0 && s > 0 => {
-            c.max_faults = n;
-            c.fault_window_s = s;
-            ptr::null()
+    // TAKE12: the window is optional ("LibCGIMaxFaults 0" disables quarantine).
+    let n_arg = arg(n);
+    let count = match n_arg.parse::<c_int>() {
+        Ok(v) if (0..=MAX_FAULTS).contains(&v) => v,
+        _ => {
+            let m = format!(
+                "LibCGIMaxFaults '{n_arg}': the count must be a whole number from 0 (never quarantine) to {MAX_FAULTS}"
+            );
+            return err((*cmd).pool, &m);
         }
-        _ => err((*cmd).pool, "LibCGIMaxFaults takes a count (0: never quarantine) and a number of seconds > 0"),
-    }
+    };
+    let window = if secs.is_null() {
+        -1
+    } else {
+        match arg(secs).parse::<c_int>() {
+            Ok(v) if (1..=MAX_WINDOW_S).contains(&v) => v,
+            _ => {
+                let m = format!(
+                    "LibCGIMaxFaults '{}': the window must be a whole number of seconds from 1 to {MAX_WINDOW_S}",
+                    arg(secs)
+                );
+                return err((*cmd).pool, &m);
+            }
+        }
+    };
+    c.max_faults = count;
+    c.fault_window_s = window;
+    ptr::null()
 }
 
 unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *const c_char) -> *const c_char {
@@ -104,7 +122,7 @@ unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_voi
     match arg(w).to_ascii_lowercase().as_str() {
         "continue" => c.fault_action = 0,
         "recycle" => c.fault_action = 1,
-        _ => return err((*cmd).pool, "LibCGIFaultAction takes 'continue' or 'recycle'"),
+        _ => return err((*cmd).pool, &format!("LibCGIFaultAction '{}': takes 'continue' or 'recycle'", arg(w))),
     }
     ptr::null()
 }
@@ -112,9 +130,15 @@ unsafe extern "C" fn set_fault_action(cmd: *mut sys::cmd_parms, conf: *mut c_voi
 unsafe extern "C" fn set_owner(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *const c_char) -> *const c_char {
     let c = &mut *(conf as *mut DirConf);
     let name = arg(w);
-    if let Some(uid) = name.strip_prefix('#').and_then(|n| n.parse::<u32>().ok()) {
-        c.owner_uid = uid as i64;
-        return ptr::null();
+    if let Some(num) = name.strip_prefix('#') {
+        // (uid_t)-1 is "no user" to chown and friends, never an owner.
+        return match num.parse::<u32>() {
+            Ok(uid) if uid != u32::MAX => {
+                c.owner_uid = uid as i64;
+                ptr::null()
+            }
+            _ => err((*cmd).pool, &format!("LibCGIOwner '{name}': not a uid (#0 to #4294967294)")),
+        };
     }
     let pw = libc::getpwnam(w);
     if pw.is_null() {
@@ -126,7 +150,6 @@ unsafe extern "C" fn set_owner(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *
 
 /// The settings that apply to a request, with defaults filled in.
 pub struct Settings {
-    pub root: *const c_char,
     pub timeout: Option<Duration>,
     pub max_faults: u32,
     pub fault_window: Duration,
@@ -140,7 +163,6 @@ pub unsafe fn settings(r: *const sys::request_rec) -> Settings {
     let c = &*(sys::ap_get_module_config((*r).per_dir_config, ptr::addr_of!(crate::libcgi_module)) as *const DirConf);
     let timeout_us = if c.timeout_us >= 0 { c.timeout_us } else { (*(*r).server).timeout };
     Settings {
-        root: c.root,
         timeout: (timeout_us > 0).then(|| Duration::from_micros(timeout_us as u64)),
         max_faults: if c.max_faults >= 0 { c.max_faults as u32 } else { 5 },
         fault_window: Duration::from_secs(if c.fault_window_s > 0 { c.fault_window_s as u64 } else { 60 }),
@@ -171,8 +193,8 @@ pub static COMMANDS: Commands = Commands([
         func: sys::cmd_func { take2: Some(set_max_faults) },
         cmd_data: ptr::null_mut(),
         req_override: CONF,
-        args_how: sys::cmd_how_TAKE2,
-        errmsg: c"faults and seconds: a script faulting that often is quarantined for that long (default 5 60)"
+        args_how: sys::cmd_how_TAKE12,
+        errmsg: c"faults [seconds]: a script faulting that often is quarantined for that long (default 5 60; 0: never)"
             .as_ptr(),
     },
     sys::command_rec {

@@ -115,7 +115,7 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
             (p, n)
         }
         Ok(None) => (std::ptr::null_mut(), 0),
-        Err(status) => return status,
+        Err(status) => return body_failed(r, name, status),
     };
 
     let cfg = config::settings(r);
@@ -178,6 +178,24 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
             failed_response(r, &mut req, &cfg)
         }
     }
+}
+
+/// The body could not be read: one line naming the script and why, as
+/// mod_cgi logs a failed body read (AH01225), then Apache's answer.
+#[cold]
+#[inline(never)]
+unsafe fn body_failed(r: *mut sys::request_rec, name: Name, status: c_int) -> c_int {
+    // AP_FILTER_ERROR: the filter has answered already (413 for
+    // LimitRequestBody, 400 for bad chunking) and said which at LogLevel info.
+    let why = match status as u32 {
+        _ if status == sys::AP_FILTER_ERROR => "refused by Apache's input filters (LimitRequestBody or bad framing)",
+        sys::HTTP_REQUEST_ENTITY_TOO_LARGE => "larger than LimitRequestBody",
+        sys::HTTP_REQUEST_TIME_OUT => "the client stopped sending it (Timeout)",
+        sys::HTTP_BAD_REQUEST => "its framing is malformed (or the client went away)",
+        _ => "the input filters failed",
+    };
+    log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: request body not read: {why}"));
+    status
 }
 
 /// Refuses a request before any script runs: one error-log line naming the
@@ -291,9 +309,16 @@ unsafe fn finish_other(registry: &Registry, script: &Arc<Script>, req: &mut Requ
             HTTP_INTERNAL_SERVER_ERROR
         }
         Phase::Discard => {
+            // A condition of the request decided the answer, as mod_cgi
+            // answers it: a 304 goes out as the response itself (so that
+            // mod_cache can revalidate with it), anything else (412) as an
+            // error response.  The script did nothing wrong: it stays loaded.
             if req.header_status == sys::HTTP_NOT_MODIFIED as c_int {
                 (*r).status = req.header_status;
                 return OK;
+            }
+            if req.header_status != OK {
+                return req.header_status;
             }
             let Some(loc) = req.redirect_location() else {
                 return OK;

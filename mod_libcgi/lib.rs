@@ -9,6 +9,7 @@
 
 mod body;
 mod config;
+mod elfcheck;
 mod elfpatch;
 mod env;
 mod guard;

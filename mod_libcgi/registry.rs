@@ -27,7 +27,7 @@ use crate::trust;
 use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -265,7 +265,7 @@ impl Drop for Script {
                     term as *const c_void,
                     guard::CALL_VOID_VOID,
                     std::ptr::null_mut(),
-                    self.timeout,
+                    exit_bounded(self.timeout),
                     &self.code,
                 )
             };
@@ -283,7 +283,7 @@ impl Drop for Script {
             // held: a fault or a hang there cannot be jumped out of safely,
             // so it costs the process (recycled), never a dead or hung one.
             let handle = lib.into_raw();
-            let limit = Some(self.timeout.filter(|t| !t.is_zero()).unwrap_or(DESTRUCTOR_LIMIT));
+            let limit = exit_bounded(Some(self.timeout.filter(|t| !t.is_zero()).unwrap_or(DESTRUCTOR_LIMIT)));
             // SAFETY: `handle` is the script's open handle, closed once here;
             // dlclose has the CALL_LOADER signature.
             let out = unsafe {
@@ -507,6 +507,8 @@ impl Registry {
         // ctime) is checked again before anything is run or handed out.
         // SAFETY: `r` is live and its filename is the path `fd` came from.
         unsafe { trust::check(&fd, r, cfg) }.map_err(LoadError::forbidden)?;
+        crate::elfcheck::whole(fd.as_fd())
+            .map_err(|e| LoadError::failed(format!("not a loadable shared object: {e}")))?;
         self.drop_replaced(path, real, r);
         let script = match self.acquire(real.object(), fd, path, r, cfg) {
             Ok(s) => s,
@@ -733,9 +735,24 @@ impl Registry {
 
     /// At process exit: every loaded script gets its terminatefunc.
     pub fn shutdown(&self) {
+        let _ = EXIT_DEADLINE.set(Instant::now() + EXIT_BUDGET);
         let all: Vec<_> = relock(self.paths.write()).drain().collect();
         drop(all);
     }
+}
+
+/// At process exit all terminatefuncs together get this long, whatever
+/// LibCGITimeout says (0 included): prefork stops its children from a
+/// signal handler and the parent warns after 3 s and sends SIGKILL after 9 s,
+/// so a terminatefunc that never returns must not hold the stop until then.
+const EXIT_BUDGET: Duration = Duration::from_secs(2);
+static EXIT_DEADLINE: OnceLock<Instant> = OnceLock::new();
+
+/// A terminatefunc's deadline: its own, or what is left of the exit budget.
+fn exit_bounded(own: Option<Duration>) -> Option<Duration> {
+    let Some(end) = EXIT_DEADLINE.get() else { return own };
+    let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+    Some(own.map_or(left, |t| t.min(left)))
 }
 
 /// The object the path names at this moment.

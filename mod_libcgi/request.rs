@@ -13,10 +13,18 @@ use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 
-/// Bytes of header block a script may write before the blank line.  Apache's
-/// parser takes lines of up to 8 KiB; a whole block larger than this is a
-/// script that forgot its headers, not a real header block.
-const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Bytes of header block a script may write before the blank line.  Lines
+/// are checked as they arrive (see `scan_block`), so only well-formed header
+/// lines ever accumulate, as they do in mod_cgi's tables; a block of them
+/// larger than this is a script emitting headers in a loop.
+const MAX_HEADER_BLOCK: usize = 1024 * 1024;
+
+/// Apache's parser reads a line into MAX_STRING_LEN - 1 bytes, of which its
+/// brigade reader fills at most all but one: a line with this many bytes
+/// (CRs do not count) fills the reader's buffer before its LF, and the
+/// reader then reports the end of the output ("Premature end of script
+/// headers", 500).
+const LINE_FULL: usize = sys::HUGE_STRING_LEN as usize - 2; // MAX_STRING_LEN is HUGE_STRING_LEN
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
@@ -40,6 +48,8 @@ pub struct Request {
     /// What Apache's header parser returned (OK, 304, 500...).
     pub header_status: c_int,
     hdr: Vec<u8>,
+    /// Where the first line of `hdr` not yet checked by `scan_block` starts.
+    hdr_line: usize,
     bb: *mut sys::apr_bucket_brigade,
 }
 
@@ -93,6 +103,7 @@ impl Request {
             phase: Phase::Headers,
             header_status: sys::OK as c_int,
             hdr: Vec::new(),
+            hdr_line: 0,
             bb: sys::apr_brigade_create((*r).pool, (*(*r).connection).bucket_alloc),
         }
     }
@@ -110,7 +121,7 @@ impl Request {
         // The usual case: the whole header block arrives in one write.  Parse
         // it where it is, without copying it into the buffer first.
         if self.hdr.is_empty() {
-            if let Some(end) = header_end(data, 0) {
+            if let Some(end) = header_end(data) {
                 let status = self.parse_headers(&data[..end]);
                 return self.headers_parsed(status, &data[end..], data.len());
             }
@@ -118,52 +129,67 @@ impl Request {
         self.buffer_headers(data)
     }
 
-    /// The header block arrives in pieces: collect it.
+    /// The header block arrives in pieces: collect it, checking each line as
+    /// it completes, so that a line Apache's parser refuses ends the headers
+    /// as soon as it is written, not when the script is done.
     #[cold]
     #[inline(never)]
     fn buffer_headers(&mut self, data: &[u8]) -> c_int {
-        // Only the new bytes (and the two before them, for a blank line split
-        // across writes) can complete the block.
-        let from = self.hdr.len().saturating_sub(2);
         self.hdr.extend_from_slice(data);
-        let Some(end) = header_end(&self.hdr, from) else {
-            if self.hdr.len() > MAX_HEADER_BLOCK {
-                log::rerror(
-                    self.r,
-                    sys::APLOG_ERR,
-                    0,
-                    &format!(
-                        "{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line",
-                        self.filename()
-                    ),
-                );
-                self.fail_headers();
-                return -1;
+        match scan_block(&self.hdr, self.hdr_line) {
+            Scan::More(line) => {
+                self.hdr_line = line;
+                if self.hdr.len() > MAX_HEADER_BLOCK {
+                    log::rerror(
+                        self.r,
+                        sys::APLOG_ERR,
+                        0,
+                        &format!(
+                            "{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line",
+                            self.filename()
+                        ),
+                    );
+                    self.fail_headers();
+                    return -1;
+                }
+                data.len() as c_int
             }
-            return data.len() as c_int;
-        };
-        let rest = self.hdr.split_off(end);
-        let block = std::mem::take(&mut self.hdr);
-        let status = self.parse_headers(&block);
-        self.headers_parsed(status, &rest, data.len())
+            Scan::Bad(end) => {
+                // Apache's parser stops at that line and logs it.
+                let block = std::mem::take(&mut self.hdr);
+                let status = self.parse_headers(&block[..end]);
+                debug_assert_ne!(status, sys::OK as c_int);
+                self.headers_parsed(status, &[], data.len())
+            }
+            Scan::End(end) => {
+                let rest = self.hdr.split_off(end);
+                let block = std::mem::take(&mut self.hdr);
+                let status = self.parse_headers(&block);
+                self.headers_parsed(status, &rest, data.len())
+            }
+        }
     }
 
     /// Acts on what Apache's parser said of the header block; `rest` is the
-    /// body output that came with it.
+    /// body output that came with it.  As in mod_cgi, only a 500 is the
+    /// script's fault; any other status is the answer to a condition of the
+    /// request (ap_meets_conditions: 304, 412), and the output is not wanted.
     fn headers_parsed(&mut self, status: c_int, rest: &[u8], written: usize) -> c_int {
         self.header_status = status;
-        if status == sys::HTTP_NOT_MODIFIED as c_int {
-            self.phase = Phase::Discard;
-        } else if status != sys::OK as c_int {
+        if status == sys::OK as c_int {
+            if self.redirect_location().is_some() {
+                self.phase = Phase::Discard;
+            } else {
+                self.phase = Phase::Body;
+                if !rest.is_empty() && self.write_body(rest) < 0 {
+                    return -1;
+                }
+            }
+        } else if status == sys::HTTP_INTERNAL_SERVER_ERROR as c_int {
             self.fail_headers();
             return -1;
-        } else if self.redirect_location().is_some() {
-            self.phase = Phase::Discard;
         } else {
-            self.phase = Phase::Body;
-            if !rest.is_empty() && self.write_body(rest) < 0 {
-                return -1;
-            }
+            self.phase = Phase::Discard;
         }
         written as c_int
     }
@@ -186,17 +212,33 @@ impl Request {
         let mut line = std::mem::MaybeUninit::<[c_char; sys::HUGE_STRING_LEN as usize]>::uninit();
         // SAFETY: the parser calls getsfunc synchronously with `cur`, which
         // outlives the call, and writes at most MAX_STRING_LEN (= HUGE_STRING_LEN) bytes to `line`.
-        let rc = unsafe {
-            sys::ap_scan_script_header_err_core_ex(
+        let status = unsafe {
+            let status = sys::ap_scan_script_header_err_core_ex(
                 self.r,
                 line.as_mut_ptr() as *mut c_char,
                 Some(getsfunc),
                 &mut cur as *mut Cursor as *mut c_void,
                 log::module_index(),
+            );
+            // As mod_cgi does (cgi_common.h): the script's own framing is not
+            // the response's, or a script could send "Transfer-Encoding:
+            // chunked" over a plain body and desynchronise the connection.
+            // The core frames what is actually sent.  Two or three lookups
+            // in small tables per request.
+            let out = (*self.r).headers_out;
+            if sys::apr_table_get(
+                (*self.r).subprocess_env,
+                c"ap_trust_cgilike_cl".as_ptr(), /* AP_TRUST_CGILIKE_CL_ENVVAR */
             )
+            .is_null()
+            {
+                sys::apr_table_unset(out, c"Content-Length".as_ptr());
+            }
+            sys::apr_table_unset(out, c"Transfer-Encoding".as_ptr());
+            status
         };
         crate::metrics::header_parse_done();
-        rc
+        status
     }
 
     /// The Location that makes this a redirect, as mod_cgi decides it: only
@@ -307,28 +349,63 @@ impl Request {
     }
 }
 
-/// Where the block ends: the index just past the first empty line (LF or
-/// CRLF), searching from `from`.
-fn header_end(buf: &[u8], from: usize) -> Option<usize> {
-    // The block may also be empty: a blank line right at the start.
-    if from == 0 {
-        if buf.starts_with(b"\n") {
-            return Some(1);
+/// Where the block ends: the index just past the line (up to and including
+/// its LF) that Apache's parser takes for the end of the headers.  The
+/// parser sees a line with its CRs removed (anywhere in it) and up to its
+/// first NUL, so the end is the first line that is empty once its CRs are
+/// gone, or whose first other byte is a NUL.  Whether the lines before it
+/// are acceptable is the parser's to say.
+fn header_end(buf: &[u8]) -> Option<usize> {
+    let mut s = 0;
+    loop {
+        let mut j = s;
+        while buf.get(j) == Some(&b'\r') {
+            j += 1;
         }
-        if buf.starts_with(b"\r\n") {
-            return Some(2);
-        }
-    }
-    let mut i = from;
-    while let Some(off) = find_byte(buf.get(i..)?, b'\n') {
-        let nl = i + off;
-        match buf.get(nl + 1) {
-            Some(b'\n') => return Some(nl + 2),
-            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
-            _ => i = nl + 1,
+        match *buf.get(j)? {
+            b'\n' => return Some(j + 1),
+            0 => return find_byte(&buf[j..], b'\n').map(|o| j + o + 1),
+            _ => s = j + find_byte(&buf[j..], b'\n')? + 1,
         }
     }
-    None
+}
+
+/// What the header lines collected so far say, from the line at `from` on.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// The block ends just before this index (see `header_end`).
+    End(usize),
+    /// The line ending before this index (or still incomplete, then the
+    /// index is the end of the data) is one Apache's parser refuses: it has
+    /// no ':' before its first NUL, or it fills the parser's line buffer.
+    Bad(usize),
+    /// All complete lines are good; the incomplete one starts here.
+    More(usize),
+}
+
+/// Checks the complete lines from `from` (a line start) as Apache's parser
+/// would read them.  Cold: used only when a block arrives in pieces.
+fn scan_block(buf: &[u8], from: usize) -> Scan {
+    let mut s = from;
+    loop {
+        let rest = &buf[s..];
+        let lf = find_byte(rest, b'\n');
+        let line = &rest[..lf.unwrap_or(rest.len())];
+        let crs = line.iter().filter(|&&b| b == b'\r').count();
+        if line.len() - crs >= LINE_FULL {
+            return Scan::Bad(lf.map_or(buf.len(), |lf| s + lf + 1));
+        }
+        let Some(lf) = lf else { return Scan::More(s) };
+        match line.iter().find(|&&b| b != b'\r') {
+            None | Some(0) => return Scan::End(s + lf + 1),
+            Some(_) => {}
+        }
+        let text = &line[..find_byte(line, 0).unwrap_or(line.len())];
+        if find_byte(text, b':').is_none() {
+            return Scan::Bad(s + lf + 1);
+        }
+        s += lf + 1;
+    }
 }
 
 /// The first `b` in `hay`.  libc's memchr: the vectorised search costs a few
@@ -346,24 +423,31 @@ struct Cursor<'a> {
     pos: usize,
 }
 
-/// Line reader for ap_scan_script_header_err_core_ex, with the semantics of
-/// Apache's own brigade reader: a line ends at LF (not stored), CRs are
-/// dropped, at most len-1 bytes, NUL-terminated; 0 when no data is left.  A
-/// line that fills the buffer leaves its LF unread, as Apache's does.
+/// Line reader for ap_scan_script_header_err_core_ex, with exactly the
+/// semantics of Apache's own brigade reader (getsfunc_BRIGADE in
+/// util_script.c, which mod_cgi and mod_cgid use): bytes up to the LF are
+/// stored without their CRs, at most len-1 of them, NUL-terminated.  It
+/// returns 1 only when it consumed the LF: a line that fills the buffer, or
+/// data that ends without a LF, returns 0, which the parser takes for the end
+/// of the output (500).  A CR or LF met once the buffer is full stays unread.
 unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
     let cur = &mut *(arg as *mut Cursor);
-    if cur.pos >= cur.data.len() || len <= 0 {
+    if len <= 0 {
         return 0;
     }
     let max = len as usize - 1;
     let rest = &cur.data[cur.pos..];
-    let end = find_byte(rest, b'\n').unwrap_or(rest.len());
+    let lf = find_byte(rest, b'\n');
+    let end = lf.unwrap_or(rest.len());
     // Copied run by run between CRs: a usual line is one run and its
     // trailing CR, found with two memchr and stored with one copy.
-    let (mut n, mut i) = (0, 0);
+    let (mut n, mut i, mut done) = (0, 0, false);
     while n < max {
         if i == end {
-            i += usize::from(end < rest.len()); // the LF
+            if lf.is_some() {
+                i += 1;
+                done = true;
+            }
             break;
         }
         let run = &rest[i..end];
@@ -378,7 +462,7 @@ unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) ->
     }
     *buf.add(n) = 0;
     cur.pos += i;
-    1
+    c_int::from(done)
 }
 
 // ---- The functions scripts call ------------------------------------------

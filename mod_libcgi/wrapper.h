@@ -17,5 +17,6 @@
 #include <apr_buckets.h>
 #include <apr_tables.h>
 #include <apr_pools.h>
+#include <apr_fnmatch.h>
 #include <apr_shm.h>
 #include <apr_optional_hooks.h>

@@ -4,6 +4,7 @@
  *   -DMARK_FILE="p"         initfunc/terminatefunc append a line to file p
  *   -DINIT_FAULT_FILE="p"   initfunc crashes while file p exists
  *   -DTERM_FAULT            terminatefunc crashes
+ *   -DTERM_LOOP             terminatefunc never returns
  *   -DEXPORT_LWRITE         the script defines its own lwrite (must not leak
  *                           into other scripts)
  */
@@ -49,6 +50,10 @@ void terminatefunc(void)
     mark("term");
 #ifdef TERM_FAULT
     *(volatile int *)0 = 2;
+#endif
+#ifdef TERM_LOOP
+    for (volatile int i = 0;; i++)
+        ;
 #endif
 }
 
