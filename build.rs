@@ -78,7 +78,7 @@ fn main() {
             "MODULE_MAGIC_.*|APLOG_.*|OK|DECLINED|DONE|HTTP_.*|OPT_.*|ACCESS_CONF|RSRC_CONF|OR_.*\
              |APR_.*|M_.*|AP_.*|REMOTE_.*|REQUEST_CHUNKED_.*|HUGE_STRING_LEN|MAX_STRING_LEN\
              |apr_bucket_type_.*|ap_scoreboard_image|SERVER_.*|GLOBAL_ONLY|NOT_IN_.*\
-             |ap_listeners|ap_num_listen_buckets|ap_graceful_shutdown_timeout",
+             |ap_listeners|ap_unixd_config|ap_num_listen_buckets|ap_graceful_shutdown_timeout",
         )
         .derive_default(true)
         .layout_tests(false)

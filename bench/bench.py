@@ -38,7 +38,7 @@ RESULTS = os.path.join(HERE, "results")
 MODULES = "/usr/lib/apache2/modules"
 MODULE = os.environ.get("BENCH_MODULE") or os.path.join(ROOT, "target/release/libmod_libcgi.so")
 SIZES = [28, 1024, 10240, 102400]
-PEERS = ["static", "native", "native_hdr", "libcgi", "fcgid", "proxy_fcgi", "cgid"]
+PEERS = ["static", "native", "native_hdr", "libcgi", "isolated", "fcgid", "proxy_fcgi", "cgid"]
 MPMS = ["event", "prefork"]
 PROXY_PORT_BASE = 19400
 SMOKE = "--smoke" in sys.argv
@@ -53,7 +53,7 @@ ROUNDS = 1 if SMOKE else 4            # keep-alive rounds (order rotated)
 CONNS = 16
 LAT_SIZES = [28] if SMOKE else [28, 1024]
 # In smoke mode only these peers are measured without keep-alive and at c=1.
-SMOKE_PEERS = ["native", "libcgi"]
+SMOKE_PEERS = ["native", "libcgi", "isolated"]
 CG_REQUESTS = 20 if SMOKE else 500    # requests per callgrind segment
 MANY = 50 if SMOKE else 1000          # scripts in the "many scripts" test
 MANY_ROUNDS = 1 if SMOKE else 4
@@ -76,6 +76,8 @@ def url(peer, size):
         "native": f"/native/n{size}.nat",
         "native_hdr": f"/nhdr/n{size}.nhd",
         "libcgi": f"/libcgi-bin/b{size}.so",
+        # The same script under LibCGIIsolation process (issue 12).
+        "isolated": f"/iso-bin/b{size}.so",
         "fcgid": f"/fcgid/f{size}.fcgi",
         "proxy_fcgi": f"/pfcgi/{size}",
         "cgid": f"/cgi-bin/c{size}.cgi",
@@ -90,7 +92,7 @@ def body_of(size):
 
 def build():
     shutil.rmtree(WORK, ignore_errors=True)
-    for d in ["static", "native", "nhdr", "libcgi-bin", "fcgid", "cgi-bin", "run", "many", "links", "nmany", "obj",
+    for d in ["static", "native", "nhdr", "libcgi-bin", "iso-bin", "fcgid", "cgi-bin", "run", "many", "links", "nmany", "obj",
               "cg"]:
         os.makedirs(os.path.join(WORK, d))
     inc = os.path.join(ROOT, "include")
@@ -102,6 +104,7 @@ def build():
         open(os.path.join(WORK, "nhdr", f"n{size}.nhd"), "w").close()
         sh(["cc", "-O2", "-shared", "-fPIC", f"-DSIZE={size}", "-I", inc, "-o",
             os.path.join(WORK, "libcgi-bin", f"b{size}.so"), peer])
+        shutil.copy(os.path.join(WORK, "libcgi-bin", f"b{size}.so"), os.path.join(WORK, "iso-bin", f"b{size}.so"))
         sh(["cc", "-O2", f"-DSIZE={size}", "-DFCGI_MAIN", "-o",
             os.path.join(WORK, "fcgid", f"f{size}.fcgi"), peer, "-lfcgi"])
         sh(["cc", "-O2", f"-DSIZE={size}", "-DCGI_MAIN", "-o",
@@ -233,6 +236,12 @@ Alias /nhdr/ {w}/nhdr/
     SetHandler bench-mark
 </Location>
 Alias /libcgi-bin/ {w}/libcgi-bin/
+Alias /iso-bin/ {w}/iso-bin/
+<Directory {w}/iso-bin>
+    Options +ExecCGI
+    AddHandler libcgi-script .so
+    LibCGIIsolation process
+</Directory>
 Alias /many/ {w}/many/
 <Directory {w}/libcgi-bin>
     Options +ExecCGI

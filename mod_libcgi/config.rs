@@ -21,11 +21,19 @@ pub struct DirConf {
     pub fault_action: c_int,
     /// -1 unset.
     pub owner_uid: i64,
+    pub iso: crate::isolation::DirIso,
 }
 
 pub unsafe extern "C" fn create_dir_config(p: *mut sys::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
     let c = sys::apr_palloc(p, std::mem::size_of::<DirConf>()) as *mut DirConf;
-    c.write(DirConf { timeout_us: -1, max_faults: -1, fault_window_s: -1, fault_action: -1, owner_uid: -1 });
+    c.write(DirConf {
+        timeout_us: -1,
+        max_faults: -1,
+        fault_window_s: -1,
+        fault_action: -1,
+        owner_uid: -1,
+        iso: crate::isolation::DirIso::UNSET,
+    });
     c as *mut c_void
 }
 
@@ -39,6 +47,7 @@ pub unsafe extern "C" fn merge_dir_config(p: *mut sys::apr_pool_t, base: *mut c_
         fault_window_s: pick(a.fault_window_s as i64, b.fault_window_s as i64) as c_int,
         fault_action: pick(a.fault_action as i64, b.fault_action as i64) as c_int,
         owner_uid: pick(a.owner_uid, b.owner_uid),
+        iso: crate::isolation::DirIso::merge(&b.iso, &a.iso),
     });
     c as *mut c_void
 }
@@ -164,7 +173,7 @@ pub unsafe fn settings(r: *const sys::request_rec) -> Settings {
 
 /// The directive table; Apache keeps a pointer to it.
 #[repr(transparent)]
-pub struct Commands(pub [sys::command_rec; 6]);
+pub struct Commands(pub [sys::command_rec; 9]);
 // SAFETY: the table is immutable and only read by Apache.
 unsafe impl Sync for Commands {}
 
@@ -211,6 +220,30 @@ pub static COMMANDS: Commands = Commands([
         req_override: sys::RSRC_CONF as c_int,
         args_how: sys::cmd_how_TAKE1,
         errmsg: c"rows of the libcgi-status script table (0: metrics off; default 32)".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIIsolation".as_ptr(),
+        func: sys::cmd_func { take1: Some(crate::isolation::set_mode) },
+        cmd_data: ptr::null_mut(),
+        req_override: CONF,
+        args_how: sys::cmd_how_TAKE1,
+        errmsg: c"inprocess | process: where scripts of this directory run (default inprocess)".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIIsolationUser".as_ptr(),
+        func: sys::cmd_func { take2: Some(crate::isolation::set_user) },
+        cmd_data: ptr::null_mut(),
+        req_override: CONF,
+        args_how: sys::cmd_how_TAKE12,
+        errmsg: c"user [group] isolated workers of this directory run as (default: User/Group)".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIIsolationLimits".as_ptr(),
+        func: sys::cmd_func { take3: Some(crate::isolation::set_limits) },
+        cmd_data: ptr::null_mut(),
+        req_override: CONF,
+        args_how: sys::cmd_how_TAKE3,
+        errmsg: c"address space MiB, CPU seconds, open files of an isolated worker (0: no limit)".as_ptr(),
     },
     sys::command_rec {
         name: ptr::null(),

@@ -119,6 +119,9 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
     };
 
     let cfg = config::settings(r);
+    if let Some(d) = crate::isolation::wanted(r) {
+        return crate::isolation::handle(r, d, ident, input, input_len, &cfg);
+    }
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;
     let (script, out) = {

@@ -14,6 +14,7 @@ mod elfpatch;
 mod env;
 mod guard;
 mod handler;
+mod isolation;
 mod log;
 mod metrics;
 mod recycle;
@@ -52,6 +53,7 @@ unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
     sys::ap_hook_handler(Some(handler::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
     sys::ap_hook_child_init(Some(child_init), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
     metrics::register_hooks();
+    isolation::register_hooks();
 }
 
 /// Each server process gets its own list of loaded scripts; the child pool's

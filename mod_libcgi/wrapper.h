@@ -12,6 +12,7 @@
 #include <scoreboard.h>
 #include <ap_listen.h>
 #include <mpm_common.h>
+#include <unixd.h>
 #include <apr_strings.h>
 #include <apr_buckets.h>
 #include <apr_tables.h>

@@ -198,6 +198,15 @@ impl Config {
     }
 }
 
+/// LIBCGI_TEST_ISOLATION=process: the suite's libcgi-bin scripts run in
+/// isolated workers (issue 12).
+pub fn isolation_directive() -> String {
+    match std::env::var("LIBCGI_TEST_ISOLATION").ok().filter(|s| !s.is_empty()) {
+        Some(m) => format!("LibCGIIsolation {m}"),
+        None => String::new(),
+    }
+}
+
 pub struct Apache {
     pub dir: PathBuf,
     /// The libcgi-bin directory (Options +ExecCGI, AddHandler .so).
@@ -343,6 +352,7 @@ Alias /libcgi-bin/ {d}/bin/
 <Directory {d}/bin>
   Options +ExecCGI
   AddHandler libcgi-script .so
+  {iso}
 </Directory>
 Alias /noexec/ {d}/noexec/
 <Directory {d}/noexec>
@@ -360,7 +370,8 @@ Alias /tiny/ {d}/bin/
 </Location>
 <Location /libcgi-bin/nopathinfo.so>
   AcceptPathInfo Off
-</Location>"#
+</Location>"#,
+            iso = isolation_directive()
         )
         .unwrap();
         if cfg.cgid {

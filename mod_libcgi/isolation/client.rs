@@ -1,0 +1,339 @@
+//! The server thread's side of an isolated call: take a free slot, send the
+//! request (environment built with Apache's functions, body), then turn each
+//! message of the worker into what the in-process path does with the same
+//! call: output through `request::Request` (Apache's CGI header parser,
+//! brigades down the filter chain), `get_remote_host` answered here, and the
+//! end decided as the handler decides it.
+
+use super::transport::{self, Ident, Segment, Slot, DATA, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
+use crate::config::Settings;
+use crate::log;
+use crate::request::{self, Active, Phase, Request};
+use crate::sys;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const OK: c_int = sys::OK as c_int;
+const HTTP_INTERNAL_SERVER_ERROR: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+const HTTP_SERVICE_UNAVAILABLE: c_int = sys::HTTP_SERVICE_UNAVAILABLE as c_int;
+
+/// How long a request waits for a free worker before it gets a 503.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+struct Held<'a> {
+    seg: &'a Segment,
+    slot: &'a mut Slot,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.slot.owner.store(0, Ordering::Release);
+        transport::ring(&self.seg.header().released);
+    }
+}
+
+/// A free slot: the worker that already runs this script, else a fresh
+/// worker of the right identity, else any free one, whose worker the manager
+/// then replaces.
+fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
+    let deadline = Instant::now() + CLAIM_WAIT;
+    loop {
+        let seen = seg.header().released.load(Ordering::Acquire);
+        let (mut fresh, mut other) = (None, None);
+        for i in 0..seg.nslots() {
+            // SAFETY: slots live as long as the segment; `owner` decides who
+            // may write the rest of it.
+            let s = unsafe { &*seg.slot(i) };
+            if s.owner.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let live = s.have == want && s.pid.load(Ordering::Relaxed) > 0;
+            if live && s.script == script {
+                if let Some(h) = take(seg, i, want, false) {
+                    return Some(h);
+                }
+            } else if live && s.script == 0 {
+                fresh = fresh.or(Some(i));
+            } else {
+                other = other.or(Some(i));
+            }
+        }
+        for (i, replace) in [(fresh, false), (other, true)] {
+            if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
+                h.slot.script = script;
+                return Some(h);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        transport::wait(&seg.header().released, seen, Some(deadline));
+    }
+}
+
+fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>> {
+    // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
+    let s = unsafe { &mut *seg.slot(i) };
+    s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+    // SAFETY: getpid has no preconditions.  (One syscall per request: a
+    // per-process cache would go stale across the MPM's forks.)
+    s.owner_pid.store(unsafe { libc::getpid() }, Ordering::Release);
+    if replace {
+        s.want = want;
+        if s.pid.load(Ordering::Acquire) > 0 {
+            // The server thread waits until the new worker is IDLE.
+            let _ = s.state.compare_exchange(transport::IDLE, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+            s.kill.store(1, Ordering::Release);
+        }
+        transport::ring(&seg.header().doorbell);
+    }
+    Some(Held { seg, slot: s })
+}
+
+fn script_key(path: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish() | 1
+}
+
+/// Appends `b` and a NUL at `at`; false when it does not fit.
+fn put(d: &mut [u8], at: &mut usize, b: &[u8]) -> bool {
+    if *at + b.len() + 1 > d.len() {
+        return false;
+    }
+    d[*at..*at + b.len()].copy_from_slice(b);
+    d[*at + b.len()] = 0;
+    *at += b.len() + 1;
+    true
+}
+
+/// Runs the script of `r` in a worker; the handler's return value.
+///
+/// # Safety
+/// `r` is the live request; `input` its body (NUL-terminated) or null.
+pub unsafe fn run(
+    seg: &Segment,
+    r: *mut sys::request_rec,
+    file: [i64; 5],
+    input: *mut c_char,
+    input_len: usize,
+    cfg: &Settings,
+    want: Ident,
+) -> c_int {
+    let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
+    let Some(held) = claim(seg, want, script_key(CStr::from_ptr((*r).filename).to_bytes())) else {
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: no isolated worker free within {CLAIM_WAIT:?}"));
+        return HTTP_SERVICE_UNAVAILABLE;
+    };
+    // SAFETY: the slot outlives `held`; after `held` drops (the slot is
+    // released) it is no longer touched.
+    let s = &mut *(held.slot as *mut Slot);
+    // Wait for the worker to be ready (a fresh one starts in a millisecond).
+    let ready = Instant::now() + CLAIM_WAIT;
+    while s.state.load(Ordering::Acquire) != IDLE {
+        let st = s.state.load(Ordering::Acquire);
+        if Instant::now() >= ready {
+            log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));
+            return HTTP_SERVICE_UNAVAILABLE;
+        }
+        if st == DEAD {
+            let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+            transport::ring(&seg.header().doorbell);
+        }
+        transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
+    }
+    // The environment mod_cgi would give the process, built by Apache.
+    sys::ap_add_common_vars(r);
+    sys::ap_add_cgi_vars(r);
+    let mut envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
+    let mut at = 0;
+    let fits = put(&mut s.data, &mut at, CStr::from_ptr((*r).filename).to_bytes()) && {
+        let mut ok = true;
+        while !(*envp).is_null() {
+            ok &= put(&mut s.data, &mut at, CStr::from_ptr(*envp).to_bytes());
+            envp = envp.add(1);
+        }
+        ok && put(&mut s.data, &mut at, b"")
+    };
+    if !fits {
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the request's environment exceeds {DATA} bytes"));
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    let body: &[u8] = if input.is_null() { &[] } else { std::slice::from_raw_parts(input as *const u8, input_len) };
+    let first = body.len().min(DATA - at);
+    s.data[at..at + first].copy_from_slice(&body[..first]);
+    let mut sent = first;
+    s.op = transport::OP_REQ;
+    s.len = (at + first) as u64;
+    s.total = input_len as u64;
+    s.has_body = u32::from(!input.is_null());
+    s.file = file;
+    s.phase.store(0, Ordering::Relaxed);
+    let deadline = cfg.timeout.map(|t| Instant::now() + t);
+    let mut req = Request::new(r, input_len);
+    let reqp: *mut Request = &mut req;
+    // The output callbacks of the in-process path do the work, on this
+    // thread, for the request in `req`.
+    let _active = Active::enter(reqp);
+    if !transport::pass(&s.state, IDLE, TO_WORKER) {
+        return died(seg, s, reqp, &name, cfg, "died before the call");
+    }
+    loop {
+        let st = transport::wait_change(&s.state, TO_WORKER, deadline);
+        match st {
+            TO_SERVER => {}
+            TO_WORKER => {
+                // Past the deadline: the manager kills the worker, and the
+                // slot turns DEAD.
+                s.kill.store(1, Ordering::Release);
+                transport::ring(&seg.header().doorbell);
+                let t = cfg.timeout.unwrap_or_default();
+                let end = Instant::now() + Duration::from_secs(10);
+                while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
+                return died(seg, s, reqp, &name, cfg, &format!("timed out after {} s", t.as_secs_f64()));
+            }
+            _ => return died(seg, s, reqp, &name, cfg, "crashed"),
+        }
+        let out = (s.len as usize).min(DATA);
+        if out > 0 {
+            request::rs_lwrite(s.data.as_ptr() as *const c_void, out);
+        }
+        match s.op {
+            transport::OP_OUT => {
+                let mut rc = 0;
+                if s.arg & transport::OUT_FLUSH != 0 {
+                    rc = request::rs_lflush();
+                }
+                let refused = matches!((*reqp).phase, Phase::BadHeaders | Phase::ClientGone);
+                s.op = transport::OP_ACK;
+                s.arg = if refused || rc < 0 { -1 } else { 0 };
+            }
+            transport::OP_NEED_BODY => {
+                let n = (body.len() - sent).min(DATA);
+                s.data[..n].copy_from_slice(&body[sent..sent + n]);
+                sent += n;
+                s.op = transport::OP_BODY;
+                s.len = n as u64;
+            }
+            transport::OP_GET_HOST => {
+                let h = request::rs_get_remote_host();
+                let b = if h.is_null() { &b""[..] } else { CStr::from_ptr(h).to_bytes() };
+                let n = b.len().min(DATA - 1);
+                s.data[..n].copy_from_slice(&b[..n]);
+                s.data[n] = 0;
+                s.op = transport::OP_HOST;
+                s.len = n as u64 + 1;
+            }
+            transport::OP_LOADFAIL => {
+                let msg = String::from_utf8_lossy(&s.data[..out]).into_owned();
+                s.op = transport::OP_ACK;
+                transport::pass(&s.state, TO_SERVER, TO_WORKER);
+                drop(held);
+                log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {msg}"));
+                (*reqp).discard_body();
+                return HTTP_INTERNAL_SERVER_ERROR;
+            }
+            transport::OP_DONE => {
+                let rc = s.rc;
+                let pid = s.pid.load(Ordering::Relaxed);
+                if s.loaded != 0 {
+                    log::rlog!(r, APLOG_DEBUG, "{name}: loaded in isolated worker {pid}");
+                }
+                let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
+                log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
+                let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
+                // Bad output unloads the script, as in process.
+                s.arg = i32::from(bad);
+                s.op = transport::OP_ACK;
+                transport::pass(&s.state, TO_SERVER, TO_WORKER);
+                drop(held);
+                return finish(&mut *reqp, rc, &name);
+            }
+            _ => {
+                s.kill.store(1, Ordering::Release);
+                transport::ring(&seg.header().doorbell);
+                return died(seg, s, reqp, &name, cfg, "broke the protocol");
+            }
+        }
+        if !transport::pass(&s.state, TO_SERVER, TO_WORKER) {
+            return died(seg, s, reqp, &name, cfg, "crashed");
+        }
+    }
+}
+
+/// The worker died in the call (or was killed at its deadline).
+#[cold]
+#[inline(never)]
+unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg: &Settings, what: &str) -> c_int {
+    let req = &mut *req;
+    let r = req.r;
+    let st = s.died.load(Ordering::Acquire);
+    let how = if libc::WIFSIGNALED(st) {
+        format!("signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("exit status {}", libc::WEXITSTATUS(st))
+    };
+    let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
+    let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+    transport::ring(&seg.header().doorbell);
+    log::rerror(
+        r,
+        sys::APLOG_ERR,
+        0,
+        &format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced"),
+    );
+    req.discard_body();
+    if (*r).sent_bodyct == 0 {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    let c = (*r).connection;
+    (*c).keepalive = sys::ap_conn_keepalive_e_AP_CONN_CLOSE;
+    (*c).aborted = 1;
+    OK
+}
+
+/// The end of a call as the handler decides it in process (handler.rs
+/// finish/finish_other).
+unsafe fn finish(req: &mut Request, rc: c_int, name: &str) -> c_int {
+    let r = req.r;
+    if rc == 0 && req.phase == Phase::Body {
+        return req.finish_body();
+    }
+    let nothing_sent = (*r).sent_bodyct == 0;
+    if rc != 0 {
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: processfunc returned {rc}"));
+        if nothing_sent && matches!(req.phase, Phase::Headers | Phase::Body | Phase::Discard) {
+            req.discard_body();
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    match req.phase {
+        Phase::Headers => {
+            req.finish_headers();
+            HTTP_INTERNAL_SERVER_ERROR
+        }
+        Phase::BadHeaders => HTTP_INTERNAL_SERVER_ERROR,
+        Phase::Discard => {
+            if req.header_status == sys::HTTP_NOT_MODIFIED as c_int {
+                (*r).status = req.header_status;
+                return OK;
+            }
+            let Some(loc) = req.redirect_location() else {
+                return OK;
+            };
+            if loc.to_bytes().first() == Some(&b'/') {
+                (*r).method = c"GET".as_ptr();
+                (*r).method_number = sys::M_GET as c_int;
+                sys::apr_table_unset((*r).headers_in, c"Content-Length".as_ptr());
+                sys::ap_internal_redirect_handler(loc.as_ptr(), r);
+                OK
+            } else {
+                sys::HTTP_MOVED_TEMPORARILY as c_int
+            }
+        }
+        Phase::Body => req.finish_body(),
+        Phase::ClientGone => OK,
+    }
+}

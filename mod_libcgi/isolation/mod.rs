@@ -1,0 +1,343 @@
+//! The isolated domain (`LibCGIIsolation process`, issue 12 phase 1): a
+//! script runs in a worker process of mod_libcgi's own, with the same ABI.
+//!
+//! Design (README "Isolation" says it for users):
+//! - **Who starts the workers.** A manager process, forked by the Apache
+//!   parent in post_config (hook REALLY_FIRST, before other modules load
+//!   keys), registered with `ap_register_extra_mpm_process` as mod_cgid does
+//!   with its daemon.  One manager per server, not workers per server
+//!   process: a fork from a threaded server process would copy its locks
+//!   mid-use and every request's memory, and the parent is the one process
+//!   that is single-threaded and holds no request data.  The manager forks
+//!   one worker per slot, respawns a worker that dies, kills one a server
+//!   thread gives up on, and on SIGTERM (stop, graceful restart: a pconf
+//!   cleanup sends it) kills and reaps them all.  PR_SET_PDEATHSIG on the
+//!   manager and on each worker: no orphan even if the parent is killed -9.
+//! - **Transport** (`transport`): an anonymous `apr_shm` segment made in the
+//!   parent, inherited by server processes, manager and workers.  One slot
+//!   per worker; a server thread claims a free slot with a CAS; the turn is
+//!   a futex word in the slot (two syscalls per round trip: wake and wait);
+//!   one buffer carries one message at a time.  A small response is one
+//!   round trip (the request out, the output and DONE back).
+//! - **Streaming.** The worker's lwrite fills the slot's buffer; when it is
+//!   full (or on lflush) the worker hands it over and waits, and the server
+//!   thread feeds it to the same `Request` the in-process path uses (Apache's
+//!   CGI header parser, brigades down the filter chain).  Memory is bounded
+//!   by one buffer per worker; the worker waiting is the back-pressure.
+//! - **Environment and body.** Built in the server with
+//!   `ap_add_common_vars`/`ap_add_cgi_vars`/`ap_create_environment`,
+//!   serialised into the slot with the body (more body follows in chunks the
+//!   worker asks for); in the worker `environ` itself is the request's
+//!   environment, so getenv from the script's own libraries works too.
+//! - **Faults and timeouts.** Nothing is caught in the worker: a fault kills
+//!   it; the manager reaps it and marks the slot DEAD (futex wake); the
+//!   server thread answers 500 (or cuts the connection if output was sent)
+//!   and the manager starts a new worker.  At the deadline the server thread
+//!   asks the manager to SIGKILL the worker.  No siglongjmp.  exit() is bound
+//!   as in process (it ends the request; the worker lives on).
+//! - **What a worker holds.** Every descriptor but /dev/null on 0-2 closed
+//!   (no listeners, no logs), only its own slot of the segment mapped, the
+//!   configured user and group (default: Apache's User/Group; root never),
+//!   rlimits from LibCGIIsolationLimits, not dumpable.  It is a fork of the
+//!   parent as of post_config: it holds the configuration's memory, never a
+//!   server process's requests.
+
+mod client;
+mod supervisor;
+mod transport;
+mod worker;
+
+use crate::log;
+use crate::sys;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Mutex;
+use transport::{Ident, Segment, MAX_IDENTS};
+
+/// Workers (slots) the manager keeps.
+const WORKERS: usize = 16;
+
+/// Per-directory settings (in config::DirConf).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DirIso {
+    /// -1 unset, 0 inprocess, 1 process.
+    pub mode: c_int,
+    /// -1 unset.
+    pub uid: i64,
+    pub gid: i64,
+    /// -1 unset; then address space (bytes), CPU seconds, open files.
+    pub limits: [i64; 3],
+}
+
+impl DirIso {
+    pub const UNSET: DirIso = DirIso { mode: -1, uid: -1, gid: -1, limits: [-1; 3] };
+    pub fn merge(b: &DirIso, a: &DirIso) -> DirIso {
+        let pick = |x: i64, y: i64| if x >= 0 { x } else { y };
+        DirIso {
+            mode: if a.mode >= 0 { a.mode } else { b.mode },
+            uid: pick(a.uid, b.uid),
+            gid: pick(a.gid, b.gid),
+            limits: [pick(a.limits[0], b.limits[0]), pick(a.limits[1], b.limits[1]), pick(a.limits[2], b.limits[2])],
+        }
+    }
+}
+
+/// Some directory said `LibCGIIsolation process`: the manager is needed.
+static WANTED: AtomicBool = AtomicBool::new(false);
+/// The (uid, gid) pairs the configuration names, for the manager.
+static IDENTS: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
+static SEGMENT: AtomicPtr<Segment> = AtomicPtr::new(ptr::null_mut());
+
+fn err(p: *mut sys::apr_pool_t, msg: &str) -> *const c_char {
+    let m = std::ffi::CString::new(msg).unwrap_or_default();
+    // SAFETY: copies the message into the configuration pool.
+    unsafe { sys::apr_pstrdup(p, m.as_ptr()) }
+}
+
+unsafe fn iso(conf: *mut c_void) -> &'static mut DirIso {
+    &mut (*(conf as *mut crate::config::DirConf)).iso
+}
+
+pub unsafe extern "C" fn set_mode(cmd: *mut sys::cmd_parms, conf: *mut c_void, w: *const c_char) -> *const c_char {
+    let c = iso(conf);
+    match CStr::from_ptr(w).to_string_lossy().to_ascii_lowercase().as_str() {
+        "inprocess" => c.mode = 0,
+        "process" => {
+            c.mode = 1;
+            WANTED.store(true, Ordering::Relaxed);
+        }
+        "adaptive" => {
+            return err(
+                (*cmd).pool,
+                "LibCGIIsolation adaptive is not implemented yet (issue 12 phase 2): use inprocess or process",
+            )
+        }
+        _ => return err((*cmd).pool, "LibCGIIsolation takes 'inprocess' or 'process'"),
+    }
+    ptr::null()
+}
+
+pub unsafe extern "C" fn set_user(
+    cmd: *mut sys::cmd_parms,
+    conf: *mut c_void,
+    u: *const c_char,
+    g: *const c_char,
+) -> *const c_char {
+    let c = iso(conf);
+    let name = CStr::from_ptr(u).to_string_lossy().into_owned();
+    let pw = libc::getpwnam(u);
+    if pw.is_null() {
+        return err((*cmd).pool, &format!("LibCGIIsolationUser: no such user '{name}'"));
+    }
+    if (*pw).pw_uid == 0 {
+        return err((*cmd).pool, "LibCGIIsolationUser: workers never run as root");
+    }
+    let gid = if g.is_null() {
+        (*pw).pw_gid
+    } else {
+        let gr = libc::getgrnam(g);
+        if gr.is_null() {
+            return err(
+                (*cmd).pool,
+                &format!("LibCGIIsolationUser: no such group '{}'", CStr::from_ptr(g).to_string_lossy()),
+            );
+        }
+        (*gr).gr_gid
+    };
+    c.uid = (*pw).pw_uid as i64;
+    c.gid = gid as i64;
+    let mut l = IDENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !l.contains(&((*pw).pw_uid, gid)) && l.len() < MAX_IDENTS - 1 {
+        l.push(((*pw).pw_uid, gid));
+    }
+    ptr::null()
+}
+
+pub unsafe extern "C" fn set_limits(
+    cmd: *mut sys::cmd_parms,
+    conf: *mut c_void,
+    a: *const c_char,
+    b: *const c_char,
+    n: *const c_char,
+) -> *const c_char {
+    let c = iso(conf);
+    let mut v = [0i64; 3];
+    for (i, w) in [a, b, n].into_iter().enumerate() {
+        match CStr::from_ptr(w).to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(x) if x <= i64::MAX as u64 / (1 << 20) => v[i] = x as i64,
+            _ => {
+                return err(
+                    (*cmd).pool,
+                    "LibCGIIsolationLimits takes <address space MiB> <CPU seconds> <open files> (0: no limit)",
+                )
+            }
+        }
+    }
+    v[0] *= 1 << 20;
+    c.limits = v;
+    ptr::null()
+}
+
+/// The identity a directory's workers run as: its LibCGIIsolationUser, or
+/// Apache's own User/Group.
+fn ident_for(c: &DirIso) -> Ident {
+    // SAFETY: ap_unixd_config is filled by mod_unixd while the configuration
+    // is read, and not written after.
+    let (du, dg) = unsafe { (sys::ap_unixd_config.user_id, sys::ap_unixd_config.group_id) };
+    let lim = |i: usize| c.limits[i].max(0) as u64;
+    Ident {
+        uid: if c.uid >= 0 { c.uid as u32 } else { du },
+        gid: if c.gid >= 0 { c.gid as u32 } else { dg },
+        limit_as: lim(0),
+        limit_cpu: lim(1),
+        limit_nofile: lim(2),
+    }
+}
+
+/// The request's isolation settings, when its script runs isolated.
+///
+/// # Safety
+/// `r` is a live request.
+#[inline]
+pub unsafe fn wanted(r: *const sys::request_rec) -> Option<&'static DirIso> {
+    let c = &*(sys::ap_get_module_config((*r).per_dir_config, ptr::addr_of!(crate::libcgi_module))
+        as *const crate::config::DirConf);
+    (c.iso.mode == 1).then_some(&c.iso)
+}
+
+/// Runs an isolated request; the handler's return value.
+///
+/// # Safety
+/// `r` is a live request, `input`/`input_len` its body as body::read gave it.
+pub unsafe fn handle(
+    r: *mut sys::request_rec,
+    d: &DirIso,
+    ident: crate::registry::FileIdent,
+    input: *mut c_char,
+    input_len: usize,
+    cfg: &crate::config::Settings,
+) -> c_int {
+    let Some(seg) = SEGMENT.load(Ordering::Acquire).as_ref() else {
+        log::rerror(r, sys::APLOG_ERR, 0, "mod_libcgi: the isolation manager is not running");
+        return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+    };
+    if let Err(e) = trusted(r, ident, cfg) {
+        let name = CStr::from_ptr((*r).filename).to_string_lossy();
+        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {e}"));
+        return sys::HTTP_FORBIDDEN as c_int;
+    }
+    let file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
+    client::run(seg, r, file, input, input_len, cfg, ident_for(d))
+}
+
+/// The same trust checks as a load in process, once per file version per
+/// server process (the worker loads what passed them here).
+unsafe fn trusted(
+    r: *mut sys::request_rec,
+    ident: crate::registry::FileIdent,
+    cfg: &crate::config::Settings,
+) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    static SEEN: Mutex<Option<HashMap<Vec<u8>, crate::registry::FileIdent>>> = Mutex::new(None);
+    let path = CStr::from_ptr((*r).filename).to_bytes().to_vec();
+    if SEEN.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|m| m.get(&path)) == Some(&ident) {
+        return Ok(());
+    }
+    let raw = libc::open((*r).filename, libc::O_RDONLY | libc::O_CLOEXEC);
+    if raw < 0 {
+        return Err(format!("cannot open: {}", std::io::Error::last_os_error()));
+    }
+    let fd = OwnedFd::from_raw_fd(raw);
+    crate::trust::check(&fd, r, cfg)?;
+    SEEN.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(path, ident);
+    Ok(())
+}
+
+pub fn register_hooks() {
+    // SAFETY: hook registration at register_hooks time.
+    unsafe {
+        sys::ap_hook_post_config(Some(post_config), ptr::null(), ptr::null(), sys::APR_HOOK_REALLY_FIRST as c_int);
+    }
+}
+
+struct Manager {
+    pid: libc::pid_t,
+}
+
+unsafe extern "C" fn post_config(
+    pconf: *mut sys::apr_pool_t,
+    _plog: *mut sys::apr_pool_t,
+    _ptemp: *mut sys::apr_pool_t,
+    s: *mut sys::server_rec,
+) -> c_int {
+    // The first pass only checks the configuration.
+    if sys::ap_state_query(sys::AP_SQ_MAIN_STATE as c_int) == sys::AP_SQ_MS_CREATE_PRE_CONFIG as c_int {
+        return sys::OK as c_int;
+    }
+    SEGMENT.store(ptr::null_mut(), Ordering::Release);
+    if !WANTED.swap(false, Ordering::Relaxed) {
+        return sys::OK as c_int;
+    }
+    let size = Segment::size(WORKERS);
+    let mut shm: *mut sys::apr_shm_t = ptr::null_mut();
+    if sys::apr_shm_create(&mut shm, size, ptr::null(), pconf) != 0 {
+        log::serror(s, sys::APLOG_CRIT, "mod_libcgi: cannot create the isolation segment");
+        return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+    }
+    let base = sys::apr_shm_baseaddr_get(shm) as *mut u8;
+    ptr::write_bytes(base, 0, size);
+    let seg: &'static Segment = Box::leak(Box::new(Segment { base }));
+    let h = &mut *seg.header_mut();
+    h.nslots = WORKERS as u32;
+    let def = ident_for(&DirIso::UNSET);
+    let mut ids = vec![(def.uid, def.gid)];
+    for &i in IDENTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if !ids.contains(&i) {
+            ids.push(i);
+        }
+    }
+    for (k, (u, g)) in ids.iter().take(MAX_IDENTS).enumerate() {
+        h.idents[k] = Ident { uid: *u, gid: *g, ..Ident::default() };
+    }
+    h.nidents = ids.len().min(MAX_IDENTS) as u32;
+    for i in 0..WORKERS {
+        (*seg.slot(i)).want = def;
+    }
+    let pid = supervisor::start(seg);
+    if pid < 0 {
+        log::serror(s, sys::APLOG_CRIT, "mod_libcgi: cannot fork the isolation manager");
+        return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
+    }
+    let mut gen: c_int = 0;
+    sys::ap_mpm_query(sys::AP_MPMQ_GENERATION as c_int, &mut gen);
+    sys::ap_register_extra_mpm_process(pid, gen);
+    let m = sys::apr_palloc(pconf, std::mem::size_of::<Manager>()) as *mut Manager;
+    m.write(Manager { pid });
+    sys::apr_pool_cleanup_register(pconf, m as *const c_void, Some(stop_manager), Some(sys::apr_pool_cleanup_null));
+    SEGMENT.store(seg as *const Segment as *mut Segment, Ordering::Release);
+    sys::OK as c_int
+}
+
+/// At stop and graceful restart (pconf is cleared): the manager takes its
+/// workers down and exits; it is reaped here so none is left behind.
+unsafe extern "C" fn stop_manager(data: *mut c_void) -> sys::apr_status_t {
+    let pid = (*(data as *const Manager)).pid;
+    libc::kill(pid, libc::SIGTERM);
+    for i in 0..300 {
+        let mut st = 0;
+        let p = libc::waitpid(pid, &mut st, libc::WNOHANG);
+        if p == pid || (p < 0 && *libc::__errno_location() == libc::ECHILD) {
+            break;
+        }
+        if i == 200 {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        libc::usleep(10_000);
+    }
+    let mut old: c_int = 0;
+    sys::ap_unregister_extra_mpm_process(pid, &mut old);
+    0
+}

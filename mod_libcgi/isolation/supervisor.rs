@@ -1,0 +1,202 @@
+//! The manager: forked by the Apache parent in post_config (before any
+//! server process, and before mod_ssl and friends load their keys), it
+//! starts one worker per slot, respawns the ones that die, kills the ones a
+//! server thread gives up on, and takes them all down when it is told to go
+//! (stop, graceful restart) or when the Apache parent dies (PDEATHSIG).
+
+use super::transport::{self, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
+use super::worker;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static TERM: AtomicBool = AtomicBool::new(false);
+static mut DOORBELL: *const std::sync::atomic::AtomicU32 = std::ptr::null();
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+    on_chld(0);
+}
+
+extern "C" fn on_chld(_: libc::c_int) {
+    // SAFETY: DOORBELL is set before the handlers are installed; futex wake
+    // is a plain syscall (async-signal-safe).
+    unsafe {
+        if let Some(d) = DOORBELL.as_ref() {
+            transport::ring(d);
+        }
+    }
+}
+
+/// Resets what the Apache parent set up for itself: its signal handlers
+/// (restart, shutdown) and mask, and every descriptor but stdio (listening
+/// sockets, logs, the pod...).
+///
+/// # Safety
+/// Only in a freshly forked child.
+pub unsafe fn scrub_process(keep_stderr: bool) {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+    if null >= 0 {
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        if !keep_stderr {
+            libc::dup2(null, 2);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+}
+
+/// Dies with the process that forked this one, even if it died already.
+///
+/// # Safety
+/// Only in a freshly forked child.
+unsafe fn die_with_parent(parent: libc::pid_t) {
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    if libc::getppid() != parent {
+        libc::_exit(0);
+    }
+}
+
+/// Forks the manager; returns its pid (or -errno).
+///
+/// # Safety
+/// In the Apache parent, single-threaded, with `seg` mapped shared.
+pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
+    let parent = libc::getpid();
+    let pid = libc::fork();
+    if pid != 0 {
+        return if pid < 0 { -*libc::__errno_location() } else { pid };
+    }
+    die_with_parent(parent);
+    scrub_process(true);
+    libc::setsid();
+    DOORBELL = &seg.header().doorbell;
+    libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+    libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
+    libc::prctl(libc::PR_SET_NAME, c"libcgi-manager".as_ptr());
+    run(seg);
+    libc::_exit(0);
+}
+
+unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> {
+    (0..seg.nslots()).map(|i| &mut *seg.slot(i)).find(|s| s.pid.load(Ordering::Acquire) == pid)
+}
+
+unsafe fn run(seg: &'static Segment) {
+    let me = libc::getpid();
+    let h = seg.header();
+    loop {
+        let seen = h.doorbell.load(Ordering::Acquire);
+        if TERM.load(Ordering::SeqCst) {
+            // Idle workers run their scripts' terminatefunc and exit; one
+            // still in a request (or stuck) is killed after a grace period.
+            for sig in [libc::SIGTERM, libc::SIGKILL] {
+                for i in 0..seg.nslots() {
+                    let p = (*seg.slot(i)).pid.load(Ordering::Acquire);
+                    if p > 0 {
+                        libc::kill(p, sig);
+                    }
+                }
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                loop {
+                    let p = libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG);
+                    if p < 0 {
+                        return;
+                    }
+                    if p > 0 {
+                        if let Some(s) = slot_of(seg, p) {
+                            s.pid.store(0, Ordering::Release);
+                        }
+                        continue;
+                    }
+                    if std::time::Instant::now() >= until {
+                        break;
+                    }
+                    libc::usleep(5_000);
+                }
+            }
+            while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
+            return;
+        }
+        loop {
+            let mut st = 0;
+            let p = libc::waitpid(-1, &mut st, libc::WNOHANG);
+            if p <= 0 {
+                break;
+            }
+            if let Some(s) = slot_of(seg, p) {
+                s.died.store(st, Ordering::Release);
+                s.pid.store(0, Ordering::Release);
+                // An idle worker is simply replaced; one in a request is
+                // marked dead for the server thread that waits on it.
+                loop {
+                    let cur = s.state.load(Ordering::Acquire);
+                    let to = match cur {
+                        TO_WORKER | TO_SERVER => DEAD,
+                        IDLE => EMPTY,
+                        _ => break,
+                    };
+                    if transport::pass(&s.state, cur, to) {
+                        break;
+                    }
+                }
+            }
+        }
+        for i in 0..seg.nslots() {
+            let s = &mut *seg.slot(i);
+            // A server process that died holding the slot: nobody will
+            // answer its worker or free the slot.
+            let op = s.owner_pid.load(Ordering::Acquire);
+            if s.owner.load(Ordering::Acquire) != 0
+                && op > 0
+                && libc::kill(op, 0) != 0
+                && *libc::__errno_location() == libc::ESRCH
+            {
+                s.owner_pid.store(0, Ordering::Release);
+                s.kill.store(1, Ordering::Release);
+                s.owner.store(0, Ordering::Release);
+            }
+            if s.owner.load(Ordering::Acquire) == 0 {
+                let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
+            }
+            let p = s.pid.load(Ordering::Acquire);
+            if s.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
+                libc::kill(p, libc::SIGKILL);
+            }
+            if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
+                spawn(seg, s, me);
+            }
+        }
+        transport::wait(&h.doorbell, seen, Some(std::time::Instant::now() + transport::SECOND));
+    }
+}
+
+unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
+    let h = seg.header();
+    // Only an identity the configuration named: a server process that was
+    // taken over cannot ask for root workers.
+    let want = s.want;
+    let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
+    let ident = if ok { want } else { h.idents[0] };
+    let pid = libc::fork();
+    if pid < 0 {
+        return;
+    }
+    if pid == 0 {
+        die_with_parent(me);
+        scrub_process(false);
+        worker::run(seg, s as *mut Slot, ident);
+    }
+    s.have = ident;
+    s.script = 0;
+    s.pid.store(pid, Ordering::Release);
+}

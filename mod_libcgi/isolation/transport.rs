@@ -1,0 +1,200 @@
+//! The shared segment between server threads, the manager and the workers:
+//! one header and one slot per worker, each slot a futex word that says
+//! whose turn it is and one buffer that carries a message at a time.
+//!
+//! The protocol is half-duplex: the side whose turn it is owns the buffer,
+//! writes a message (op, arg, len bytes) and hands the turn over with a
+//! compare-and-swap on `state` plus a FUTEX_WAKE.  Every transition is a CAS
+//! from the state its writer expects, so the manager can mark a slot DEAD
+//! (its worker died) at any moment and whichever side waits sees it.
+
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bytes of one message: the request's environment and the first part of
+/// the body going in, up to this much output coming back per round trip.
+pub const DATA: usize = 256 * 1024 - 4096;
+/// Most identities (user, group) the workers may take.
+pub const MAX_IDENTS: usize = 16;
+
+// `state`: whose turn it is.
+/// No worker: the manager starts one.
+pub const EMPTY: u32 = 0;
+/// A worker waits for a request.
+pub const IDLE: u32 = 1;
+/// A message for the worker is in the buffer.
+pub const TO_WORKER: u32 = 2;
+/// A message for the server thread is in the buffer.
+pub const TO_SERVER: u32 = 3;
+/// The worker died during a request; the server thread sets EMPTY.
+pub const DEAD: u32 = 4;
+
+// Server thread -> worker.
+pub const OP_REQ: u32 = 1;
+pub const OP_BODY: u32 = 2;
+/// Output taken; arg: 0, or -1 when the server refuses further output.
+pub const OP_ACK: u32 = 3;
+/// The remote host name is in the buffer (NUL-terminated).
+pub const OP_HOST: u32 = 4;
+// Worker -> server thread.  Each carries `len` bytes of output first.
+pub const OP_OUT: u32 = 10;
+pub const OP_NEED_BODY: u32 = 11;
+pub const OP_GET_HOST: u32 = 12;
+/// The call ended: arg is a guard kind (RETURNED, EXITED), rc its code.
+pub const OP_DONE: u32 = 13;
+/// The script could not be loaded; the message is in the buffer.
+pub const OP_LOADFAIL: u32 = 14;
+
+/// arg of OP_OUT: push the output to the client now (lflush).
+pub const OUT_FLUSH: i32 = 1;
+
+/// Who a worker runs as and what it may use.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Ident {
+    pub uid: u32,
+    pub gid: u32,
+    /// Address space in bytes, CPU seconds, open files; 0: not limited.
+    pub limit_as: u64,
+    pub limit_cpu: u64,
+    pub limit_nofile: u64,
+}
+
+#[repr(C, align(4096))]
+pub struct Header {
+    /// Bumped (and woken) to make the manager look at the slots.
+    pub doorbell: AtomicU32,
+    /// Bumped (and woken) whenever a slot is released.
+    pub released: AtomicU32,
+    pub nslots: u32,
+    pub nidents: u32,
+    /// The identities the manager accepts from a slot's `want`.
+    pub idents: [Ident; MAX_IDENTS],
+}
+
+#[repr(C, align(4096))]
+pub struct Slot {
+    pub state: AtomicU32,
+    /// 0 free, 1 held by a server thread for one request.
+    pub owner: AtomicU32,
+    /// The server process of that thread: if it dies mid-request, the
+    /// manager takes the slot back (kills the worker, frees the slot).
+    pub owner_pid: AtomicI32,
+    pub pid: AtomicI32,
+    /// Set by a server thread: the manager kills this worker.
+    pub kill: AtomicU32,
+    /// How the last worker of this slot ended (waitpid status).
+    pub died: AtomicI32,
+    pub want: Ident,
+    pub have: Ident,
+    /// The one script this worker has run (a hash of its path), 0 for a
+    /// fresh worker: a worker never serves two scripts, so a script that
+    /// corrupts its worker's memory corrupts only itself.
+    pub script: u64,
+    pub op: u32,
+    pub arg: i32,
+    pub rc: i32,
+    pub len: u64,
+    /// OP_REQ: the body's whole length, and whether there is one.
+    pub total: u64,
+    pub has_body: u32,
+    /// OP_REQ: the identity of the script file (dev, ino, size, mtime, ctime).
+    pub file: [i64; 5],
+    pub served: AtomicU64,
+    /// OP_DONE: the worker loaded the script for this request (for the
+    /// debug log, which only the server writes).
+    pub loaded: u32,
+    /// What the worker is running, for the message if it dies: 1 initfunc,
+    /// 2 processfunc.
+    pub phase: AtomicU32,
+    pub data: [u8; DATA],
+}
+
+pub struct Segment {
+    pub base: *mut u8,
+}
+
+// SAFETY: the segment is shared memory accessed only through atomics and the
+// turn protocol above.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    pub fn size(nslots: usize) -> usize {
+        std::mem::size_of::<Header>() + nslots * std::mem::size_of::<Slot>()
+    }
+    pub fn header(&self) -> &Header {
+        // SAFETY: base points at a mapped segment laid out by `size`.
+        unsafe { &*(self.base as *const Header) }
+    }
+    pub fn header_mut(&self) -> *mut Header {
+        self.base as *mut Header
+    }
+    pub fn slot(&self, i: usize) -> *mut Slot {
+        // SAFETY: i < nslots (callers iterate over the header's count).
+        unsafe { self.base.add(std::mem::size_of::<Header>() + i * std::mem::size_of::<Slot>()) as *mut Slot }
+    }
+    pub fn nslots(&self) -> usize {
+        self.header().nslots as usize
+    }
+}
+
+/// Waits while `word` holds `val`, at most until `deadline`.  Shared (not
+/// FUTEX_PRIVATE): the word is in memory other processes map.
+pub fn wait(word: &AtomicU32, val: u32, deadline: Option<Instant>) {
+    let ts;
+    let tsp = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as _ };
+            &ts as *const libc::timespec
+        }
+        None => std::ptr::null(),
+    };
+    // SAFETY: the futex word is a live, aligned u32 in mapped memory.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, val, tsp, 0usize, 0u32);
+    }
+}
+
+pub fn wake(word: &AtomicU32) {
+    // SAFETY: as in `wait`.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+    }
+}
+
+/// Hands the turn over: `from` -> `to`, then wakes the other side.  False if
+/// the slot left `from` meanwhile (its worker died).
+pub fn pass(state: &AtomicU32, from: u32, to: u32) -> bool {
+    let ok = state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    if ok {
+        wake(state);
+    }
+    ok
+}
+
+/// Waits until `state` is no longer `val`; returns what it is then, or
+/// `val` if the deadline passed.
+pub fn wait_change(state: &AtomicU32, val: u32, deadline: Option<Instant>) -> u32 {
+    loop {
+        let s = state.load(Ordering::Acquire);
+        if s != val {
+            return s;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return val;
+        }
+        wait(state, val, deadline);
+    }
+}
+
+pub fn ring(word: &AtomicU32) {
+    word.fetch_add(1, Ordering::AcqRel);
+    wake(word);
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);

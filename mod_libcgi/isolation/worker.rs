@@ -1,0 +1,399 @@
+//! A worker: one process, one request at a time, the script's ABI as in the
+//! server.  Its `environ` is the request's environment (so `getenv` from any
+//! library the script uses sees it); its lwrite fills the slot's buffer and
+//! hands it to the server thread when full, on lflush and at the end.  A
+//! fault or a deadline kills the worker: nothing here catches signals.
+
+use super::transport::{self, Ident, Segment, Slot, DATA, IDLE, TO_SERVER, TO_WORKER};
+use crate::elfpatch;
+use crate::guard;
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::Ordering;
+
+unsafe extern "C" {
+    static mut environ: *mut *mut c_char;
+}
+
+struct Loaded {
+    file: [i64; 5],
+    process: unsafe extern "C" fn(*mut c_char) -> c_int,
+    terminate: Option<unsafe extern "C" fn()>,
+    _lib: Library,
+    /// Open while the library is: glibc would hand back this library for
+    /// the next script opened under the same /proc/self/fd name.
+    _fd: std::os::fd::OwnedFd,
+    /// Where the script's code is, for the guard (names `_path`).
+    code: Box<guard::Code>,
+    _path: Box<CString>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        if let Some(t) = self.terminate {
+            // SAFETY: the library is still open.
+            unsafe { guard::call(t as *const c_void, guard::CALL_VOID_VOID, std::ptr::null_mut(), None, &self.code) };
+        }
+    }
+}
+
+/// The worker's one request: where its output goes.
+struct Call {
+    slot: *mut Slot,
+    /// Output bytes waiting in the slot's buffer.
+    out: usize,
+    refused: bool,
+    input_len: usize,
+    host: CString,
+}
+
+static mut CALL: *mut Call = std::ptr::null_mut();
+
+fn call<'a>() -> Option<&'a mut Call> {
+    // SAFETY: a worker is single-threaded for our purposes: CALL is set
+    // around processfunc/initfunc only, by the one thread that runs them.
+    unsafe { CALL.as_mut() }
+}
+
+impl Call {
+    fn slot(&mut self) -> &mut Slot {
+        // SAFETY: the slot stays mapped for the worker's life.
+        unsafe { &mut *self.slot }
+    }
+
+    /// Sends `op` with the buffered output and waits for the answer.
+    fn round_trip(&mut self, op: u32, arg: i32) -> bool {
+        let n = self.out;
+        self.out = 0;
+        let s = self.slot();
+        s.op = op;
+        s.arg = arg;
+        s.len = n as u64;
+        if !transport::pass(&s.state, TO_WORKER, TO_SERVER) {
+            die();
+        }
+        if transport::wait_change(&s.state, TO_SERVER, None) != TO_WORKER {
+            die();
+        }
+        true
+    }
+
+    fn write(&mut self, mut data: &[u8]) -> c_int {
+        let total = data.len();
+        while !data.is_empty() {
+            if self.refused {
+                return -1;
+            }
+            let room = DATA - self.out;
+            let n = room.min(data.len());
+            let at = self.out;
+            self.slot().data[at..at + n].copy_from_slice(&data[..n]);
+            self.out += n;
+            data = &data[n..];
+            if self.out == DATA {
+                self.flush(0);
+            }
+        }
+        if self.refused {
+            -1
+        } else {
+            total as c_int
+        }
+    }
+
+    fn flush(&mut self, arg: i32) -> c_int {
+        self.round_trip(transport::OP_OUT, arg);
+        let s = self.slot();
+        if s.op == transport::OP_ACK && s.arg < 0 {
+            self.refused = true;
+        }
+        if self.refused {
+            -1
+        } else {
+            0
+        }
+    }
+}
+
+/// The server thread is gone or the slot was taken from us: nothing to
+/// answer to.
+fn die() -> ! {
+    // SAFETY: ends this process only.
+    unsafe { libc::_exit(3) }
+}
+
+unsafe extern "C" fn w_lwrite(buf: *const c_void, len: usize) -> c_int {
+    let Some(c) = call() else { return -1 };
+    if len == 0 {
+        return 0;
+    }
+    if buf.is_null() || len > c_int::MAX as usize {
+        return -1;
+    }
+    c.write(std::slice::from_raw_parts(buf as *const u8, len))
+}
+
+unsafe extern "C" fn w_lflush() -> c_int {
+    match call() {
+        Some(c) => c.flush(transport::OUT_FLUSH),
+        None => -1,
+    }
+}
+
+unsafe extern "C" fn w_get_remote_host() -> *const c_char {
+    let Some(c) = call() else { return std::ptr::null() };
+    if c.host.is_empty() {
+        c.round_trip(transport::OP_GET_HOST, 0);
+        let s = c.slot();
+        let n = (s.len as usize).min(DATA);
+        let end = s.data[..n].iter().position(|&b| b == 0).unwrap_or(n);
+        c.host = CString::new(&s.data[..end]).unwrap_or_default();
+    }
+    c.host.as_ptr()
+}
+
+unsafe extern "C" fn w_linput_length() -> usize {
+    call().map_or(0, |c| c.input_len)
+}
+
+// The environment functions are the libc ones: in a worker `environ` is the
+// request's own.  (Scripts' imports of them are not rebound here.)
+unsafe extern "C" fn w_getenv(n: *const c_char) -> *mut c_char {
+    libc::getenv(n)
+}
+unsafe extern "C" fn w_secure_getenv(n: *const c_char) -> *mut c_char {
+    libc::getenv(n)
+}
+unsafe extern "C" fn w_setenv(n: *const c_char, v: *const c_char, o: c_int) -> c_int {
+    libc::setenv(n, v, o)
+}
+unsafe extern "C" fn w_unsetenv(n: *const c_char) -> c_int {
+    libc::unsetenv(n)
+}
+unsafe extern "C" fn w_putenv(s: *mut c_char) -> c_int {
+    libc::putenv(s)
+}
+unsafe extern "C" fn w_clearenv() -> c_int {
+    libc::clearenv()
+}
+
+static WORKER_API: guard::RsApi = guard::RsApi {
+    lwrite: w_lwrite,
+    lflush: w_lflush,
+    get_remote_host: w_get_remote_host,
+    linput_length: w_linput_length,
+    getenv: w_getenv,
+    secure_getenv: w_secure_getenv,
+    setenv: w_setenv,
+    unsetenv: w_unsetenv,
+    putenv: w_putenv,
+    clearenv: w_clearenv,
+    thread_gone: guard::thread_gone,
+};
+
+/// exit() & co. end the request, as in the server (the worker lives on).
+fn exit_bindings() -> [(&'static CStr, usize); 4] {
+    [
+        (c"exit", guard::libcgi_c_exit as *const () as usize),
+        (c"_exit", guard::libcgi_c__exit as *const () as usize),
+        (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
+        (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
+    ]
+}
+
+unsafe fn limit(res: libc::__rlimit_resource_t, v: u64) {
+    if v > 0 {
+        let l = libc::rlimit { rlim_cur: v, rlim_max: v };
+        libc::setrlimit(res, &l);
+    }
+}
+
+/// Takes the identity: limits first (raising them needs root), then the
+/// group, then the user.  A worker that cannot drop its privileges exits.
+unsafe fn become_(ident: Ident) {
+    limit(libc::RLIMIT_AS, ident.limit_as);
+    limit(libc::RLIMIT_CPU, ident.limit_cpu);
+    limit(libc::RLIMIT_NOFILE, ident.limit_nofile);
+    if libc::geteuid() == 0 {
+        let g = ident.gid;
+        if libc::setgroups(1, &g) != 0 || libc::setgid(ident.gid) != 0 || libc::setuid(ident.uid) != 0 {
+            libc::_exit(4);
+        }
+        if ident.uid != 0 && libc::setuid(0) == 0 {
+            libc::_exit(4);
+        }
+    }
+    libc::prctl(libc::PR_SET_DUMPABLE, 0);
+}
+
+/// The worker's life.  Never returns.
+///
+/// # Safety
+/// In a freshly forked worker, `slot` one of `seg`'s slots.
+pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
+    libc::prctl(libc::PR_SET_NAME, c"libcgi-worker".as_ptr());
+    become_(ident);
+    // Of the segment, the worker keeps only its own slot: a script cannot
+    // read or write another worker's request, nor the header.
+    let start = seg.base as usize;
+    let end = start + transport::Segment::size(seg.nslots());
+    let mine = slot as usize;
+    let slot_len = std::mem::size_of::<Slot>();
+    libc::munmap(start as *mut c_void, mine - start);
+    if mine + slot_len < end {
+        libc::munmap((mine + slot_len) as *mut c_void, end - mine - slot_len);
+    }
+    guard::libcgi_set_api(&WORKER_API);
+    let s = &mut *slot;
+    let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
+    // Ready: the server thread that waits for this slot may go on.
+    transport::pass(&s.state, transport::EMPTY, IDLE);
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = on_term as *const () as usize;
+    libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    loop {
+        // Told to go (stop, graceful restart) while idle: the scripts'
+        // terminatefunc runs, as when a server process exits.
+        while s.state.load(Ordering::Acquire) == IDLE {
+            if TERM.load(Ordering::Relaxed) {
+                drop(scripts);
+                libc::_exit(0);
+            }
+            transport::wait(&s.state, IDLE, Some(std::time::Instant::now() + transport::SECOND));
+        }
+        if s.state.load(Ordering::Acquire) != TO_WORKER {
+            die();
+        }
+        if s.op != transport::OP_REQ {
+            die();
+        }
+        serve(s, &mut scripts);
+    }
+}
+
+static TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_term(_: c_int) {
+    TERM.store(true, Ordering::Relaxed);
+}
+
+/// Reads one NUL-terminated string at `*at`.
+fn take<'a>(d: &'a [u8], at: &mut usize) -> &'a [u8] {
+    let rest = &d[*at..];
+    let n = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    *at += n + 1;
+    &rest[..n]
+}
+
+unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
+    let len = (s.len as usize).min(DATA);
+    let d = &s.data[..len];
+    let mut at = 0;
+    let path = take(d, &mut at).to_vec();
+    let mut env: Vec<CString> = Vec::new();
+    loop {
+        let e = take(d, &mut at);
+        if e.is_empty() {
+            break;
+        }
+        env.push(CString::new(e).unwrap_or_default());
+    }
+    let total = s.total as usize;
+    let has_body = s.has_body != 0;
+    let mut body: Vec<u8> = Vec::with_capacity(if has_body { total + 1 } else { 0 });
+    body.extend_from_slice(&d[at.min(len)..]);
+    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
+    while body.len() < total {
+        c.round_trip(transport::OP_NEED_BODY, 0);
+        let s = c.slot();
+        let n = (s.len as usize).min(DATA).min(total - body.len());
+        body.extend_from_slice(&s.data[..n]);
+    }
+    body.push(0);
+    // The request's environment is the process's: getenv anywhere sees it.
+    let mut envp: Vec<*mut c_char> = env.iter().map(|e| e.as_ptr() as *mut c_char).collect();
+    envp.push(std::ptr::null_mut());
+    environ = envp.as_mut_ptr();
+    CALL = &mut c;
+    let file = (*c.slot).file;
+    let key = path.clone();
+    if scripts.get(&key).is_some_and(|l| l.file != file) {
+        scripts.remove(&key);
+    }
+    (*c.slot).loaded = 0;
+    if !scripts.contains_key(&key) {
+        (*c.slot).loaded = 1;
+        (*c.slot).phase.store(1, Ordering::Release);
+        match load(&path, file) {
+            Ok(l) => {
+                scripts.insert(key.clone(), l);
+            }
+            Err((msg, fault)) => {
+                CALL = std::ptr::null_mut();
+                environ = std::ptr::null_mut();
+                let s = c.slot();
+                let m = msg.as_bytes();
+                let n = m.len().min(DATA);
+                s.data[..n].copy_from_slice(&m[..n]);
+                c.out = n;
+                c.round_trip(transport::OP_LOADFAIL, fault as i32);
+                transport::pass(&c.slot().state, TO_WORKER, IDLE);
+                return;
+            }
+        }
+    }
+    let loaded = &scripts[&key];
+    let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
+    let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
+    (*c.slot).phase.store(2, Ordering::Release);
+    let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
+    CALL = std::ptr::null_mut();
+    let (kind, rc) = match out.kind {
+        guard::EXITED => (guard::EXITED, out.exit_status),
+        _ => (guard::RETURNED, out.rc),
+    };
+    let sl = c.slot();
+    sl.rc = rc;
+    c.round_trip(transport::OP_DONE, kind);
+    environ = std::ptr::null_mut();
+    drop(envp);
+    // The server thread's answer to DONE: 0 keep the script, 1 unload it.
+    if c.slot().arg == 1 {
+        scripts.remove(&key);
+    }
+    (*c.slot).served.fetch_add(1, Ordering::Relaxed);
+    transport::pass(&c.slot().state, TO_WORKER, IDLE);
+}
+
+unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
+    let p = CString::new(path).map_err(|_| ("bad path".to_string(), false))?;
+    let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return Err((format!("cannot open: {}", std::io::Error::last_os_error()), false));
+    }
+    let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+    let name = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let lib = Library::open(Some(&name), RTLD_NOW | RTLD_LOCAL | libc::RTLD_DEEPBIND);
+    let lib = lib.map_err(|e| {
+        (format!("not a loadable shared object: {}", e.to_string().replace(&format!("{name}: "), "")), false)
+    })?;
+    let process = *lib
+        .get::<unsafe extern "C" fn(*mut c_char) -> c_int>(b"processfunc\0")
+        .map_err(|_| ("the script does not export processfunc".to_string(), false))?;
+    let init = lib.get::<unsafe extern "C" fn() -> c_int>(b"initfunc\0").ok().map(|s| *s);
+    let terminate = lib.get::<unsafe extern "C" fn()>(b"terminatefunc\0").ok().map(|s| *s);
+    elfpatch::patch_imports(process as usize, &exit_bindings())
+        .map_err(|e| (format!("cannot bind the script's imports: {e}"), false))?;
+    let path = Box::new(p.clone());
+    let code = Box::new(guard::Code::of(process as usize, &path));
+    if let Some(init) = init {
+        let out = guard::call(init as *const c_void, guard::CALL_INT_VOID, std::ptr::null_mut(), None, &code);
+        match out.kind {
+            guard::RETURNED if out.rc == 0 => {}
+            guard::RETURNED => return Err((format!("initfunc returned {}", out.rc), false)),
+            _ => return Err((format!("initfunc {}", out.describe(None)), false)),
+        }
+    }
+    Ok(Loaded { file: _file, process, terminate, _lib: lib, _fd: fd, code, _path: path })
+}
