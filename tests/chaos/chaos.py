@@ -687,6 +687,14 @@ def analyse(soak, log_text):
             # while the request is open, so at most one request contains t
             # (a few ms of slack for the two clocks' reads).
             cands = [r for r in by_port.get(int(cport), []) if r.start - 0.003 <= t <= (r.end or t) + 0.003]
+            if len(cands) > 1 and "processfunc" in msg:
+                # The server closes first after a fault, so the client may
+                # reuse the port at once and the next request's start falls
+                # within the clocks' slack: a processfunc line belongs to
+                # the faulting request.
+                faulting = [r for r in cands if kind_is(r, "fault_")]
+                if len(faulting) == 1:
+                    cands = faulting
             if len(cands) == 1 and kind_is(cands[0], "fault_"):
                 fault_lines[id(cands[0])] = fault_lines.get(id(cands[0]), 0) + 1
                 key = "fault: " + re.sub(r"0x[0-9a-f]+|\d+", "N", msg)[:90]
