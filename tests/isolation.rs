@@ -190,6 +190,22 @@ fn no_orphans(mpm: Mpm) {
     });
 }
 
+/// A manager that dies without its cleanup (kill -9) takes its workers with
+/// it: they must not live on as orphans holding scripts.  (Workers change
+/// their user after setting their parent-death signal, which clears it.)
+fn workers_die_with_the_manager(mpm: Mpm) {
+    let a = server(mpm, "");
+    let m = manager(&a);
+    get_ok(&a, "/libcgi-bin/t.so");
+    let w = workers(m);
+    assert!(!w.is_empty());
+    // SAFETY: signalling a process of the server this test started.
+    unsafe { libc::kill(m as i32, libc::SIGKILL) };
+    wait_for("the workers of a killed manager gone", Duration::from_secs(10), || {
+        w.iter().all(|&p| !alive(p)).then_some(())
+    });
+}
+
 /// kill -9 of a worker under load costs at most its in-flight request.
 fn kill_worker_under_load(mpm: Mpm) {
     let a = Arc::new(server(mpm, ""));
@@ -282,6 +298,7 @@ fn server_process_death_frees_the_slot(mpm: Mpm) {
 }
 
 prefork_and_event!(
+    workers_die_with_the_manager,
     server_process_death_frees_the_slot,
     user_and_limits,
     runs_in_a_worker,

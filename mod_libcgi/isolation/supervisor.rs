@@ -59,7 +59,7 @@ pub unsafe fn scrub_process(keep_stderr: bool) {
 ///
 /// # Safety
 /// Only in a freshly forked child.
-unsafe fn die_with_parent(parent: libc::pid_t) {
+pub(super) unsafe fn die_with_parent(parent: libc::pid_t) {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     if libc::getppid() != parent {
         libc::_exit(0);

@@ -233,7 +233,11 @@ unsafe fn become_(ident: Ident) {
 /// In a freshly forked worker, `slot` one of `seg`'s slots.
 pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     libc::prctl(libc::PR_SET_NAME, c"libcgi-worker".as_ptr());
+    let manager = libc::getppid();
     become_(ident);
+    // A change of credentials clears the parent-death signal: set it again,
+    // or a manager killed outright would leave its workers as orphans.
+    super::supervisor::die_with_parent(manager);
     // Of the segment, the worker keeps only its own slot: a script cannot
     // read or write another worker's request, nor the header.
     let start = seg.base as usize;
