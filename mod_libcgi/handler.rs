@@ -278,13 +278,24 @@ unsafe fn finish(registry: &Registry, script: &Arc<Script>, req: &mut Request, r
     if rc == 0 && req.phase == Phase::Body {
         return req.finish_body();
     }
-    finish_other(registry, script, req, rc, name)
+    let r = req.r;
+    finish_other(req, rc, &name, &mut || {
+        registry.unload(script);
+        rlog!(r, APLOG_DEBUG, "{name}: unloaded after bad output");
+    })
 }
 
 /// Every end but a complete body and a 0: out of line, so that the usual end
-/// does not carry these cases through the instruction cache.
+/// does not carry these cases through the instruction cache.  Shared with the
+/// isolated domain (isolation/client.rs), which has nothing to unload:
+/// `bad_output` runs when the script's header block was bad or incomplete.
 #[inline(never)]
-unsafe fn finish_other(registry: &Registry, script: &Arc<Script>, req: &mut Request, rc: c_int, name: Name) -> c_int {
+pub(crate) unsafe fn finish_other(
+    req: &mut Request,
+    rc: c_int,
+    name: &dyn std::fmt::Display,
+    bad_output: &mut dyn FnMut(),
+) -> c_int {
     let r = req.r;
     let nothing_sent = (*r).sent_bodyct == 0;
     if rc != 0 {
@@ -299,13 +310,11 @@ unsafe fn finish_other(registry: &Registry, script: &Arc<Script>, req: &mut Requ
             // The script ended before its header block did.  Apache's parser
             // logs "Premature end of script headers" (or the bad line).
             req.finish_headers();
-            registry.unload(script);
-            rlog!(r, APLOG_DEBUG, "{name}: unloaded after bad output");
+            bad_output();
             HTTP_INTERNAL_SERVER_ERROR
         }
         Phase::BadHeaders => {
-            registry.unload(script);
-            rlog!(r, APLOG_DEBUG, "{name}: unloaded after bad output");
+            bad_output();
             HTTP_INTERNAL_SERVER_ERROR
         }
         Phase::Discard => {

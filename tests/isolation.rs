@@ -206,6 +206,16 @@ fn workers_die_with_the_manager(mpm: Mpm) {
     });
 }
 
+/// A condition of the request (If-Match on a script that sends no ETag) is
+/// answered as in process: 412, and the script stays loaded.
+fn conditional_status_as_in_process(mpm: Mpm) {
+    let a = server(mpm, "");
+    get_ok(&a, "/libcgi-bin/t.so");
+    let r = a.send(Request::get("/libcgi-bin/t.so").header("If-Match", "\"x\""));
+    assert_eq!(r.status, 412, "{}\n{}", r.text(), a.error_log());
+    get_ok(&a, "/libcgi-bin/t.so");
+}
+
 /// kill -9 of a worker under load costs at most its in-flight request.
 fn kill_worker_under_load(mpm: Mpm) {
     let a = Arc::new(server(mpm, ""));
@@ -299,6 +309,7 @@ fn server_process_death_frees_the_slot(mpm: Mpm) {
 
 prefork_and_event!(
     workers_die_with_the_manager,
+    conditional_status_as_in_process,
     server_process_death_frees_the_slot,
     user_and_limits,
     runs_in_a_worker,

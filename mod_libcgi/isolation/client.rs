@@ -294,46 +294,11 @@ unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg:
     OK
 }
 
-/// The end of a call as the handler decides it in process (handler.rs
-/// finish/finish_other).
+/// The end of a call as the handler decides it in process: the same code
+/// (handler.rs), with nothing to unload after bad output.
 unsafe fn finish(req: &mut Request, rc: c_int, name: &str) -> c_int {
-    let r = req.r;
     if rc == 0 && req.phase == Phase::Body {
         return req.finish_body();
     }
-    let nothing_sent = (*r).sent_bodyct == 0;
-    if rc != 0 {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: processfunc returned {rc}"));
-        if nothing_sent && matches!(req.phase, Phase::Headers | Phase::Body | Phase::Discard) {
-            req.discard_body();
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-    match req.phase {
-        Phase::Headers => {
-            req.finish_headers();
-            HTTP_INTERNAL_SERVER_ERROR
-        }
-        Phase::BadHeaders => HTTP_INTERNAL_SERVER_ERROR,
-        Phase::Discard => {
-            if req.header_status == sys::HTTP_NOT_MODIFIED as c_int {
-                (*r).status = req.header_status;
-                return OK;
-            }
-            let Some(loc) = req.redirect_location() else {
-                return OK;
-            };
-            if loc.to_bytes().first() == Some(&b'/') {
-                (*r).method = c"GET".as_ptr();
-                (*r).method_number = sys::M_GET as c_int;
-                sys::apr_table_unset((*r).headers_in, c"Content-Length".as_ptr());
-                sys::ap_internal_redirect_handler(loc.as_ptr(), r);
-                OK
-            } else {
-                sys::HTTP_MOVED_TEMPORARILY as c_int
-            }
-        }
-        Phase::Body => req.finish_body(),
-        Phase::ClientGone => OK,
-    }
+    crate::handler::finish_other(req, rc, &name, &mut || {})
 }
