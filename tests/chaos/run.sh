@@ -37,7 +37,8 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 rc=0
-for mpm in prefork event; do
+# CHAOS_MPMS chooses the MPMs (default: both).
+for mpm in ${CHAOS_MPMS:-prefork event}; do
     "$PY" tests/chaos/chaos.py --mpm "$mpm" --module "$module" --out "$out" "${args[@]}" || rc=1
 done
 "$PY" tests/chaos/report.py "$out" || rc=1
