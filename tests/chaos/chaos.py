@@ -900,11 +900,16 @@ def main():
             for p in sorted(known):
                 st = stat_fields(p)
                 f.write(f"=== pid {p} state {st[0] if st else '?'} started {st[18] if st else '?'}\n")
-                o = subprocess.run(
-                    ["gdb", "-p", str(p), "-batch", "-ex", "thread apply all bt 12"],
-                    capture_output=True, text=True, timeout=60,
-                )
-                f.write(o.stdout[-20000:])
+                # A gdb that hangs must not end the run before the server is
+                # stopped (it once left a whole server behind).
+                try:
+                    o = subprocess.run(
+                        ["gdb", "-p", str(p), "-batch", "-ex", "thread apply all bt 12"],
+                        capture_output=True, text=True, timeout=60,
+                    )
+                    f.write(o.stdout[-20000:])
+                except subprocess.TimeoutExpired:
+                    f.write("(gdb did not answer within 60 s)\n")
     stop_s = srv.stop()
     left = session_procs(srv.pid)
     log_text = srv.read_log()
