@@ -134,7 +134,7 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
                 m.not_loaded(
                     filename,
                     e.retry_after.is_some(),
-                    e.msg.starts_with("initfunc"),
+                    e.init_failed,
                     e.retry_after.is_none(),
                     e.fault && cfg.recycle,
                 );

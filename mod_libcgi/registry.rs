@@ -120,14 +120,22 @@ pub struct LoadError {
     pub fault: bool,
     /// Set for a quarantined script (503 with Retry-After).
     pub retry_after: Option<u64>,
+    /// The script's initfunc failed (returned non-zero, faulted or timed out).
+    pub init_failed: bool,
 }
 
 impl LoadError {
     fn failed(msg: String) -> LoadError {
-        LoadError { status: sys::HTTP_INTERNAL_SERVER_ERROR as c_int, msg, fault: false, retry_after: None }
+        LoadError {
+            status: sys::HTTP_INTERNAL_SERVER_ERROR as c_int,
+            msg,
+            fault: false,
+            retry_after: None,
+            init_failed: false,
+        }
     }
     fn forbidden(msg: String) -> LoadError {
-        LoadError { status: sys::HTTP_FORBIDDEN as c_int, msg, fault: false, retry_after: None }
+        LoadError { status: sys::HTTP_FORBIDDEN as c_int, msg, fault: false, retry_after: None, init_failed: false }
     }
 }
 
@@ -231,10 +239,15 @@ impl Script {
                 // closed (when `script` drops) without terminatefunc.
                 match out.kind {
                     guard::RETURNED if out.rc == 0 => {}
-                    guard::RETURNED => return Err(LoadError::failed(format!("initfunc returned {}", out.rc))),
+                    guard::RETURNED => {
+                        let mut e = LoadError::failed(format!("initfunc returned {}", out.rc));
+                        e.init_failed = true;
+                        return Err(e);
+                    }
                     _ => {
                         let mut e = LoadError::failed(format!("initfunc {}", out.describe(cfg.timeout)));
                         e.fault = out.is_fault();
+                        e.init_failed = true;
                         return Err(e);
                     }
                 }
@@ -479,6 +492,7 @@ impl Registry {
                 msg: "quarantined".into(),
                 fault: false,
                 retry_after: Some(left.as_secs_f64().ceil() as u64),
+                init_failed: false,
             });
         }
         // From here on only what was actually opened counts: the request's
@@ -588,6 +602,7 @@ impl Registry {
                         ),
                         fault: false,
                         retry_after: None,
+                        init_failed: false,
                     });
                 }
                 st = relock(obj.changed.wait_timeout(st, left)).0;
