@@ -441,7 +441,8 @@ pub struct Registry {
 pub static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 fn relock<T>(r: std::sync::LockResult<T>) -> T {
-    // Panics abort (panic = "abort"), so a poisoned lock cannot be observed;
+    // A panic cannot unwind out of the module's extern "C" entry points (Rust aborts
+    // there), so a poisoned lock is never observed by a later request;
     // this only satisfies the type.
     r.unwrap_or_else(|e| e.into_inner())
 }
