@@ -229,7 +229,7 @@ unsafe fn faulted(
         format_args!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
     );
     registry.unload(&script);
-    if registry.record_fault(name.0.to_bytes(), ident, cfg) {
+    if registry.record_fault(name.0, ident, cfg) {
         crate::metrics::quarantined(name.0);
         log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(name.0, cfg));
     }

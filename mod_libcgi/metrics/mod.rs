@@ -12,6 +12,7 @@
 mod clock;
 mod page;
 mod probes;
+pub mod quarantine;
 mod record;
 mod segment;
 mod snapshot;

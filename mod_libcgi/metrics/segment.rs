@@ -128,7 +128,19 @@ pub struct Events {
     pub last_fault_pid: AtomicU64,
     /// The faulting address, where the kernel gives one (u64::MAX otherwise).
     pub last_fault_addr: AtomicU64,
+    /// Server-wide quarantine (metrics/quarantine.rs), in the room the
+    /// struct's 64-byte alignment left (it stays 192 bytes): the identity
+    /// of the file the faults were counted for,
+    pub q_ident: AtomicU64,
+    /// the fault window (start in ms of CLOCK_MONOTONIC_COARSE << 24 | count),
+    pub q_window: AtomicU64,
+    /// and the end of the quarantine in those ms (0: none).  Read by every
+    /// request of a loaded script, written only when a quarantine starts or
+    /// ends: it stays in every reader's cache.
+    pub q_until: AtomicU64,
 }
+
+const _: () = assert!(std::mem::size_of::<Events>() == 192);
 
 /// Rare events per server process slot.
 #[repr(C, align(64))]
