@@ -173,6 +173,11 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
         // exit(0) after complete output is a normal end; exit(n) a failure.
         guard::EXITED => finish(registry, &script, &mut req, out.exit_status, name),
         guard::FAULT | guard::TIMEOUT => faulted(registry, script, &mut req, &out, ident, name, &cfg),
+        guard::NO_WATCHDOG => {
+            log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: processfunc {}", out.describe(cfg.timeout)));
+            req.discard_body();
+            sys::HTTP_SERVICE_UNAVAILABLE as c_int
+        }
         _ => {
             log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: {}", out.describe(cfg.timeout)));
             failed_response(r, &mut req, &cfg)

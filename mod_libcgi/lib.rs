@@ -66,7 +66,16 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
     // Apache's own fault handlers (sig_coredump) are in place by now; ours
     // keep them and hand them every fault that is not a script's.
     let e = guard::libcgi_install_handlers(guard::timer_signal(), log::error_log_fd(s));
-    guard::start_watchdog();
+    if let Err(w) = guard::start_watchdog() {
+        log::serror(
+            s,
+            sys::APLOG_ERR,
+            &format!(
+                "cannot start the watchdog thread: {w}; scripts with a LibCGITimeout get 503 until it starts \
+                 (tried again on each request)"
+            ),
+        );
+    }
     if e != 0 {
         log::serror(
             s,

@@ -104,7 +104,18 @@ unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
         ptr::write_volatile(&raw mut (*lr).accept_func, Some(refuse_accept));
         lr = (*lr).next;
     }
-    let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(backstop);
+    if let Err(e) = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(backstop) {
+        // The MPM's graceful path still ends the process, once a connection
+        // reaches the refusing listener; the bounds are what is missing.
+        log::serror(
+            server,
+            sys::APLOG_WARNING,
+            &format!(
+                "cannot start the recycle backstop thread: {e}; the process exits when the next connection \
+                 reaches its listener, GracefulShutdownTimeout is not enforced"
+            ),
+        );
+    }
     0
 }
 

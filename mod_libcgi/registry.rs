@@ -255,6 +255,11 @@ impl Script {
                         e.init_failed = true;
                         return Err(e);
                     }
+                    guard::NO_WATCHDOG => {
+                        let mut e = LoadError::failed(format!("initfunc {}", out.describe(cfg.timeout)));
+                        e.status = sys::HTTP_SERVICE_UNAVAILABLE as c_int;
+                        return Err(e);
+                    }
                     _ => {
                         let mut e = LoadError::failed(format!("initfunc {}", out.describe(cfg.timeout)));
                         e.fault = out.is_fault();

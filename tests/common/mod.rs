@@ -185,11 +185,21 @@ pub struct Config {
     pub threads: u32,
     pub loglevel: String,
     pub cgid: bool,
+    /// Extra environment variables of the server (LD_PRELOAD, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Config {
     pub fn new(mpm: Mpm) -> Config {
-        Config { mpm, extra: String::new(), servers: 1, threads: 16, loglevel: "warn".into(), cgid: false }
+        Config {
+            mpm,
+            extra: String::new(),
+            servers: 1,
+            threads: 16,
+            loglevel: "warn".into(),
+            cgid: false,
+            env: Vec::new(),
+        }
     }
     pub fn extra(mut self, s: &str) -> Config {
         self.extra.push_str(s);
@@ -218,6 +228,9 @@ pub struct Apache {
     /// The server's parent process (in a container: its PID on the host).
     server_pid: u32,
     container: Option<String>,
+    /// A failed start keeps its directory for the next attempt (Drop would
+    /// remove it, and with it the error log that says why).
+    keep_dir: bool,
 }
 
 impl Apache {
@@ -251,6 +264,9 @@ impl Apache {
             };
             // A variable of the server's own environment, for PassEnv tests.
             cmd.env("FROM_PASSENV", "passed-through");
+            for (k, v) in &cfg.env {
+                cmd.env(k, v);
+            }
             cmd.arg("-f")
                 .arg(&conf_path)
                 .arg("-DFOREGROUND")
@@ -280,6 +296,7 @@ impl Apache {
                 conf_path,
                 server_pid,
                 container,
+                keep_dir: false,
             };
             match a.wait_ready() {
                 Ok(()) => {
@@ -292,11 +309,18 @@ impl Apache {
                 }
                 Err(e) => {
                     a.stop();
-                    last_err = e
+                    a.keep_dir = true;
+                    // Only a port taken between free_port and apache2's bind
+                    // is worth another try; anything else is the cause.
+                    let port_taken = e.contains("Address already in use") || e.contains("could not bind");
+                    last_err = format!("{e}\n--- apache2 -t ---\n{}", config_test(&a.conf_path));
+                    if !port_taken {
+                        panic!("apache2 did not start: {last_err}");
+                    }
                 }
             }
         }
-        panic!("apache2 did not start: {last_err}");
+        panic!("apache2 did not start (5 tries, the port was taken each time): {last_err}");
     }
 
     fn config(cfg: &Config, dir: &Path, port: u16) -> String {
@@ -485,9 +509,20 @@ Alias /tiny/ {d}/bin/
     }
 }
 
+/// What `apache2 -t` says about a configuration (its own syntax check).
+fn config_test(conf: &Path) -> String {
+    match Command::new(APACHE_BIN).arg("-t").arg("-f").arg(conf).output() {
+        Ok(o) => format!("{}{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("cannot run {APACHE_BIN}: {e}"),
+    }
+}
+
 impl Drop for Apache {
     fn drop(&mut self) {
         self.stop();
+        if self.keep_dir {
+            return;
+        }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         } else {
