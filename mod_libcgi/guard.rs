@@ -27,6 +27,9 @@ pub const RETURNED: c_int = 0;
 pub const FAULT: c_int = 1;
 pub const TIMEOUT: c_int = 2;
 pub const EXITED: c_int = 3;
+/// A callback the script called panicked (caught there: crate::panic); the
+/// call was ended by the callback's wrapper.
+pub const PANIC: c_int = 4;
 /// Not called: the call needs a deadline and the watchdog thread that
 /// enforces it cannot be started (pthread_create failed; `rc` is the errno).
 pub const NO_WATCHDOG: c_int = 5;
@@ -109,6 +112,7 @@ impl Outcome {
                 format!("still running after {:.1} s (LibCGITimeout)", timeout.unwrap_or_default().as_secs_f64())
             }
             EXITED => format!("called exit({})", self.exit_status),
+            PANIC => format!("ended by a panic in mod_libcgi {}", crate::panic::message()),
             NO_WATCHDOG => format!(
                 "not run: the watchdog thread that enforces LibCGITimeout cannot be started ({}); \
                  tried again on the next request",
@@ -600,6 +604,12 @@ impl Watchdog {
 /// `watch` is the pointer `register` stored, of the calling thread, which is
 /// in no call.
 pub unsafe extern "C" fn thread_gone(watch: *mut c_void) {
+    if crate::panic::catch(|| forget_thread(watch)).is_err() {
+        crate::panic::in_hook("thread exit", std::ptr::null());
+    }
+}
+
+unsafe fn forget_thread(watch: *mut c_void) {
     let Some(w) = WATCHDOG.get() else { return };
     let p = watch as *const Deadline;
     let mut threads = w.threads.lock().unwrap_or_else(|e| e.into_inner());

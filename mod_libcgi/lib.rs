@@ -17,6 +17,7 @@ mod handler;
 mod isolation;
 mod log;
 mod metrics;
+mod panic;
 mod recycle;
 mod registry;
 mod request;
@@ -60,6 +61,13 @@ unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
 /// cleanup runs every script's terminatefunc when the process exits, which is
 /// also how a graceful restart retires the old generation.
 unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
+    panic::install_hook();
+    if panic::catch(|| child_init_(pchild, s)).is_err() {
+        panic::in_hook("child_init", s);
+    }
+}
+
+unsafe fn child_init_(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
     let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
     reg.server.store(s, Ordering::Relaxed);
     guard::libcgi_set_api(&RS_API);
@@ -88,7 +96,9 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
 
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {
     if let Some(reg) = registry::REGISTRY.get() {
-        reg.shutdown();
+        if panic::catch(|| reg.shutdown()).is_err() {
+            panic::in_hook("child_exit", reg.server.load(Ordering::Relaxed));
+        }
     }
     0
 }

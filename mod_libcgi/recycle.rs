@@ -62,6 +62,13 @@ pub unsafe fn schedule(r: *mut sys::request_rec) {
 }
 
 unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
+    crate::panic::catch(|| recycle_now()).unwrap_or_else(|()| {
+        crate::panic::in_hook("recycle", ptr::null());
+        0
+    })
+}
+
+unsafe fn recycle_now() -> sys::apr_status_t {
     if SCHEDULED.swap(true, Ordering::SeqCst) {
         return 0;
     }

@@ -187,6 +187,8 @@ pub struct Config {
     pub cgid: bool,
     /// Extra environment variables of the server (LD_PRELOAD, say).
     pub env: Vec<(String, String)>,
+    /// Another build of the module (a test feature's) instead of the usual.
+    pub module: Option<PathBuf>,
 }
 
 impl Config {
@@ -199,6 +201,7 @@ impl Config {
             loglevel: "warn".into(),
             cgid: false,
             env: Vec::new(),
+            module: None,
         }
     }
     pub fn extra(mut self, s: &str) -> Config {
@@ -365,7 +368,8 @@ impl Apache {
             writeln!(c, "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock").unwrap();
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
-        writeln!(c, "LoadModule libcgi_module {}", server_module_path().display()).unwrap();
+        let module = cfg.module.clone().unwrap_or_else(server_module_path);
+        writeln!(c, "LoadModule libcgi_module {}", module.display()).unwrap();
         writeln!(
             c,
             r#"<Directory />
