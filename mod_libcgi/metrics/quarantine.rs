@@ -28,7 +28,7 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 /// table: for the slow path and the fault path only).
 pub fn slot(path: &CStr) -> Option<u32> {
     let s = seg()?;
-    let i = s.slot_for(path.to_bytes());
+    let i = s.slot_quietly(path.to_bytes());
     (i < s.slots).then_some(i as u32)
 }
 

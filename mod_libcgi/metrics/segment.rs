@@ -303,6 +303,16 @@ impl Seg {
     /// path meet at the same entry).  `slots` ("other") when the path is too
     /// long or the table is full.  Once per script load per process.
     pub fn slot_for(&self, path: &[u8]) -> usize {
+        let i = self.slot_quietly(path);
+        if i == self.slots && path.len() <= NAME_MAX {
+            self.header().names_full.fetch_add(1, Ordering::Relaxed);
+        }
+        i
+    }
+
+    /// `slot_for` without counting a full table as a refusal (the quarantine
+    /// looks scripts up on paths that are not loads).
+    pub fn slot_quietly(&self, path: &[u8]) -> usize {
         if self.slots == 0 || path.len() > NAME_MAX {
             return self.slots;
         }
@@ -340,7 +350,6 @@ impl Seg {
                 return i;
             }
         }
-        self.header().names_full.fetch_add(1, Ordering::Relaxed);
         self.slots
     }
 
