@@ -794,7 +794,8 @@ void libcgi_cb_timing(int how) { cb_timing = how; }
  * the callback does before the parser is a search for the blank line). */
 void libcgi_hdr_done(void)
 {
-    if (cb_timing && thread_guard && thread_guard->depth > 0 && current_request)
+    /* Only request.rs calls this, for a request's own output. */
+    if (cb_timing && thread_guard && thread_guard->depth > 0)
         hdr_ns += mono_ns() - cb_t0;
 }
 
@@ -822,9 +823,10 @@ static inline void enter(void)
 static inline void leave(void)
 {
     struct libcgi_guard *g = thread_guard;
-    /* Only inside a request: terminatefunc's callbacks (no request) must
-     * not show up in the next request's time. */
-    if (g && g->depth == 1 && cb_timing && current_request)
+    /* Callbacks outside a request add up here too: the time of initfunc's
+     * and terminatefunc's is dropped where they run (metrics::loaded, the
+     * registry's Script::drop), which costs less than asking here. */
+    if (g && g->depth == 1 && cb_timing)
         cb_ns += mono_ns() - cb_t0;
     if (g && --g->depth == 0 && g->armed && g->pending) {
         g->out.kind = LIBCGI_TIMEOUT;
