@@ -460,9 +460,10 @@ pub struct Registry {
 pub static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 fn relock<T>(r: std::sync::LockResult<T>) -> T {
-    // A panic cannot unwind out of the module's extern "C" entry points (Rust aborts
-    // there), so a poisoned lock is never observed by a later request;
-    // this only satisfies the type.
+    // A panic on a request path is caught at the module's entry points
+    // (crate::panic), so a later request can find a lock poisoned by it.  The
+    // maps these locks guard are changed by single inserts and removals that
+    // a panic cannot leave half done, so the data is used as it is.
     r.unwrap_or_else(|e| e.into_inner())
 }
 
