@@ -70,6 +70,8 @@ pub struct Header {
     pub nidents: u32,
     /// The identities the manager accepts from a slot's `want`.
     pub idents: [Ident; MAX_IDENTS],
+    /// The adaptive policy's script table (workers do not map it).
+    pub policy: super::policy::Table,
 }
 
 #[repr(C, align(4096))]
@@ -107,6 +109,9 @@ pub struct Slot {
     /// What the worker is running, for the message if it dies: 1 initfunc,
     /// 2 processfunc.
     pub phase: AtomicU32,
+    /// OP_DONE: ns the worker spent in processfunc, less its waits for the
+    /// server thread (the adaptive policy's cost of a crossing is the rest).
+    pub proc_ns: u64,
     pub data: [u8; DATA],
 }
 

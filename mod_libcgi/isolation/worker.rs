@@ -46,6 +46,8 @@ struct Call {
     refused: bool,
     input_len: usize,
     host: CString,
+    /// Time spent waiting for the server thread inside processfunc.
+    waited: std::time::Duration,
 }
 
 static mut CALL: *mut Call = std::ptr::null_mut();
@@ -70,12 +72,14 @@ impl Call {
         s.op = op;
         s.arg = arg;
         s.len = n as u64;
+        let t0 = std::time::Instant::now();
         if !transport::pass(&s.state, TO_WORKER, TO_SERVER) {
             die();
         }
         if transport::wait_change(&s.state, TO_SERVER, None) != TO_WORKER {
             die();
         }
+        self.waited += t0.elapsed();
         true
     }
 
@@ -307,7 +311,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let has_body = s.has_body != 0;
     let mut body: Vec<u8> = Vec::with_capacity(if has_body { total + 1 } else { 0 });
     body.extend_from_slice(&d[at.min(len)..]);
-    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
+    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default(), waited: Default::default() };
     while body.len() < total {
         c.round_trip(transport::OP_NEED_BODY, 0);
         let s = c.slot();
@@ -351,7 +355,10 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
     let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
+    c.waited = Default::default();
+    let t0 = std::time::Instant::now();
     let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
+    (*c.slot).proc_ns = t0.elapsed().saturating_sub(c.waited).as_nanos() as u64;
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),

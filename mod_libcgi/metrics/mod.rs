@@ -16,7 +16,9 @@ mod record;
 mod segment;
 mod snapshot;
 
-pub use record::{header_parse_done, loaded, quarantined, reloaded, slot_for, unloaded, Req};
+pub use record::{
+    header_parse_done, isolated_exit, isolated_fault, loaded, quarantined, reloaded, slot_for, unloaded, Req,
+};
 
 use crate::log;
 use crate::sys;
