@@ -379,7 +379,12 @@ pub unsafe fn handle(
         if LOADED_HERE[i].load(Ordering::Relaxed) && LOADED_HERE[i].swap(false, Ordering::Relaxed) {
             if let Some(reg) = crate::registry::REGISTRY.get() {
                 reg.forget(path.to_bytes());
-                log::rlog!(r, APLOG_DEBUG, "{}: in-process copy dropped (the script is isolated now)", path.to_string_lossy());
+                log::rlog!(
+                    r,
+                    APLOG_DEBUG,
+                    "{}: in-process copy dropped (the script is isolated now)",
+                    path.to_string_lossy()
+                );
             }
         }
     }

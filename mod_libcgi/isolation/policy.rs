@@ -252,7 +252,8 @@ impl Evaluator {
             let reqs = e.iso.reqs.load(Ordering::Relaxed) + e.inproc.reqs.load(Ordering::Relaxed);
             let (cn, cns) = (e.iso.cross_n.load(Ordering::Relaxed), e.iso.cross_ns.load(Ordering::Relaxed));
             let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
-            tr.rate = if tr.since.is_none() && tr.seen_reqs == 0 { inst } else { ALPHA * inst + (1.0 - ALPHA) * tr.rate };
+            tr.rate =
+                if tr.since.is_none() && tr.seen_reqs == 0 { inst } else { ALPHA * inst + (1.0 - ALPHA) * tr.rate };
             if cn > tr.seen_cross_n {
                 let sample = cns.saturating_sub(tr.seen_cross_ns) as f64 / 1e9 / (cn - tr.seen_cross_n) as f64;
                 tr.cost = if tr.cost == 0.0 { sample } else { ALPHA * sample + (1.0 - ALPHA) * tr.cost };
@@ -380,9 +381,7 @@ impl Evaluator {
             if s.owner.load(Ordering::Acquire) != 0 || s.script == 0 {
                 continue;
             }
-            let promoted = t
-                .find_key(s.script)
-                .is_some_and(|e| e.hot.domain.load(Ordering::Relaxed) == INPROCESS);
+            let promoted = t.find_key(s.script).is_some_and(|e| e.hot.domain.load(Ordering::Relaxed) == INPROCESS);
             let pid = s.pid.load(Ordering::Acquire);
             if !promoted || pid <= 0 || s.state.load(Ordering::Acquire) != transport::IDLE {
                 continue;
