@@ -53,6 +53,8 @@ pub const DWELL: Duration = Duration::from_secs(2);
 pub const COOL_DOWN: Duration = Duration::from_secs(10);
 /// The low watermark as a share of the budget.
 const LOW: f64 = 0.5;
+/// Evaluations in a row over the budget before a promotion (750 ms).
+const SUSTAINED: u32 = 3;
 /// Weight of the newest tick in the smoothed rate and cost.
 const ALPHA: f64 = 0.4;
 
@@ -214,6 +216,11 @@ struct Track {
     cost: f64,
     /// The last transition.
     since: Option<Instant>,
+    /// Consecutive evaluations that found it isolated and the overhead
+    /// over the budget: a promotion needs `SUSTAINED` of them, so that the
+    /// noisy first samples of a new script (one tick, a worker's first
+    /// wake-ups) promote nothing.
+    over: u32,
     /// Promoted by this evaluator (and not demoted since).
     inproc: bool,
     cool_until: Option<Instant>,
@@ -249,6 +256,12 @@ impl Evaluator {
                 continue;
             }
             let tr = &mut self.tracks[i];
+            // First seen now: the dwell time holds from here, as after a
+            // transition.
+            let tr_new = tr.since.is_none() && tr.seen_reqs == 0 && tr.seen_cross_n == 0;
+            if tr_new {
+                tr.since = Some(now);
+            }
             let reqs = e.iso.reqs.load(Ordering::Relaxed) + e.inproc.reqs.load(Ordering::Relaxed);
             let (cn, cns) = (e.iso.cross_n.load(Ordering::Relaxed), e.iso.cross_ns.load(Ordering::Relaxed));
             let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
@@ -303,6 +316,10 @@ impl Evaluator {
             }
         }
         let mut total: f64 = isolated.iter().map(|x| x.1).sum();
+        for &(i, over) in &isolated {
+            let tr = &mut self.tracks[i];
+            tr.over = if total > budget && over > 0.0 { tr.over + 1 } else { 0 };
+        }
         let settled = |tr: &Track| tr.since.is_none_or(|s| now.duration_since(s) >= DWELL);
         if total > budget {
             isolated.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -310,7 +327,7 @@ impl Evaluator {
                 if total <= budget || over <= 0.0 {
                     break;
                 }
-                if !settled(&self.tracks[i]) {
+                if !settled(&self.tracks[i]) || self.tracks[i].over < SUSTAINED {
                     continue;
                 }
                 let e = &t.entries[i];
