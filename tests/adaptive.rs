@@ -30,7 +30,7 @@ fn server(mpm: Mpm) -> (Apache, std::path::PathBuf) {
     if mpm == Mpm::Prefork {
         c.servers = 12;
     }
-    c.loglevel = "warn libcgi:info".into();
+    c.loglevel = std::env::var("ADAPTIVE_LOGLEVEL").unwrap_or("warn libcgi:info".into());
     c.extra = "<Location /libcgi-status>\n  SetHandler libcgi-status\n</Location>\n\
                LibCGIIsolationBudget 0.5\n<Files \"a_*.so\">\n  LibCGIIsolation adaptive\n</Files>\n\
                <Files \"p_*.so\">\n  LibCGIIsolation process\n</Files>\n"
@@ -265,6 +265,9 @@ fn promotes_under_load_and_demotes_when_it_drops(mpm: Mpm) {
     single += n;
     let (t_fixed, t_in, t_cold) = (fixed.finish(), inproc.finish(), cold.finish());
     let log = a.error_log();
+    for l in log.lines().filter(|l| l.contains("moted") || l.contains("crossing cost")) {
+        eprintln!("{}: {l}", mpm.name());
+    }
     for (name, t) in [("a_hot", &t_hot), ("p_hot", &t_fixed), ("i_hot", &t_in), ("a_cold", &t_cold)] {
         exact(name, t, &log);
     }

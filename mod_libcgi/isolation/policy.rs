@@ -13,11 +13,12 @@
 //!   outlives server processes; a thread in the Apache parent would make the
 //!   parent multi-threaded before it forks.
 //! - **The estimate.** Per script: the request rate (isolated plus in
-//!   process, exponentially smoothed) times the cost of one crossing (the
-//!   server-side time of an isolated request minus the worker's own time in
-//!   processfunc and the server's time pushing output down the filter
-//!   chain, which the in-process path pays too; smoothed, and frozen while
-//!   the script is in process).  Their sum over the isolated adaptive
+//!   process, exponentially smoothed) times the cost of one crossing,
+//!   sampled on one isolated request in 8 as CPU time: the server thread's
+//!   from handing the request over to "done" less its time pushing output
+//!   down the filter chain (which the in-process path pays too), plus the
+//!   worker's outside processfunc (smoothed, frozen while the script is in
+//!   process).  Wall time would count the run queue of a loaded machine.  Their sum over the isolated adaptive
 //!   scripts is the estimated isolation overhead, in CPU-seconds per second,
 //!   against `LibCGIIsolationBudget` percent of the CPUs the server may use.
 //! - **Hysteresis.** Promote, costliest first, while the overhead is above
@@ -240,7 +241,7 @@ impl Evaluator {
 
     /// One evaluation; `log` writes a line to the error log at info level.
     pub fn run(&mut self, t: &Table, seg: &Segment, me: libc::pid_t, log: &dyn Fn(&str)) {
-        let cpu0 = thread_cpu_ns();
+        let cpu0 = transport::thread_cpu_ns();
         let now = Instant::now();
         let dt = now.duration_since(self.last).as_secs_f64().max(1e-3);
         self.last = now;
@@ -384,7 +385,7 @@ impl Evaluator {
         t.overhead_ppm.store((total / capacity * 1e6) as u64, Ordering::Relaxed);
         self.retire(t, seg, me);
         t.evals.fetch_add(1, Ordering::Relaxed);
-        t.eval_cpu_ns.fetch_add(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
+        t.eval_cpu_ns.fetch_add(transport::thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
     }
 
     /// Workers that hold a script now in process drop it (terminatefunc
@@ -426,13 +427,6 @@ impl Table {
         }
         None
     }
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn unix_ms() -> u64 {

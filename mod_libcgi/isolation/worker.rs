@@ -46,8 +46,6 @@ struct Call {
     refused: bool,
     input_len: usize,
     host: CString,
-    /// Time spent waiting for the server thread inside processfunc.
-    waited: std::time::Duration,
 }
 
 static mut CALL: *mut Call = std::ptr::null_mut();
@@ -72,14 +70,12 @@ impl Call {
         s.op = op;
         s.arg = arg;
         s.len = n as u64;
-        let t0 = std::time::Instant::now();
         if !transport::pass(&s.state, TO_WORKER, TO_SERVER) {
             die();
         }
         if transport::wait_change(&s.state, TO_SERVER, None) != TO_WORKER {
             die();
         }
-        self.waited += t0.elapsed();
         true
     }
 
@@ -295,6 +291,8 @@ fn take<'a>(d: &'a [u8], at: &mut usize) -> &'a [u8] {
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
+    let sample = s.sample != 0;
+    let cpu0 = if sample { transport::thread_cpu_ns() } else { 0 };
     let len = (s.len as usize).min(DATA);
     let d = &s.data[..len];
     let mut at = 0;
@@ -317,7 +315,6 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
         refused: false,
         input_len: total,
         host: CString::default(),
-        waited: Default::default(),
     };
     while body.len() < total {
         c.round_trip(transport::OP_NEED_BODY, 0);
@@ -362,10 +359,9 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
     let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
-    c.waited = Default::default();
-    let t0 = std::time::Instant::now();
+    let cpu1 = if sample { transport::thread_cpu_ns() } else { 0 };
     let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
-    (*c.slot).proc_ns = t0.elapsed().saturating_sub(c.waited).as_nanos() as u64;
+    let cpu2 = if sample { transport::thread_cpu_ns() } else { 0 };
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
@@ -373,6 +369,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     };
     let sl = c.slot();
     sl.rc = rc;
+    sl.worker_cpu_ns = if sample { (cpu1 - cpu0) + (transport::thread_cpu_ns() - cpu2) } else { 0 };
     c.round_trip(transport::OP_DONE, kind);
     environ = std::ptr::null_mut();
     drop(envp);
