@@ -310,7 +310,27 @@ fn promotes_under_load_and_demotes_when_it_drops(mpm: Mpm) {
     let share = ad["evaluator_cpu_seconds"].as_f64().unwrap() / started.elapsed().as_secs_f64() / ncpu;
     eprintln!("{}: evaluator {ad}: {:.4}% of the server's CPU", mpm.name(), share * 100.0);
     assert!(share < 0.0025, "the evaluator took {:.3}% of the server's CPU: {ad}", share * 100.0);
+    // The new fields against the documented schema, and promtool.
+    let raw = a.get("/libcgi-status?json").body;
+    let schema = root().join("mod_libcgi/metrics/status.schema.json");
+    let o = with_stdin(
+        std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import json,sys,jsonschema; jsonschema.validate(json.load(sys.stdin), json.load(open(sys.argv[1])))",
+            ])
+            .arg(&schema),
+        &raw,
+    );
+    assert!(o.status.success(), "JSON does not validate: {}", String::from_utf8_lossy(&o.stderr));
     let prom = a.get("/libcgi-status?prometheus").text();
+    let o = with_stdin(std::process::Command::new("promtool").args(["check", "metrics"]), prom.as_bytes());
+    assert!(
+        o.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let l = |name: &str| format!("{}/{name}", a.bin.display());
     assert!(prom.contains(&format!("libcgi_isolated{{script=\"{}\"}} 1", l("a_cold.so"))), "{prom}");
     assert!(prom.contains(&format!("libcgi_isolated{{script=\"{}\"}} 0", l("i_hot.so"))), "{prom}");
@@ -369,6 +389,18 @@ fn fault_in_process_demotes_at_once_and_cools_down(mpm: Mpm) {
     }
     exact("a_hot", &t, &log);
     assert!(dead_children(&log).is_empty(), "{log}");
+}
+
+fn with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut c = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/install-deps.sh installs it)"));
+    c.stdin.take().unwrap().write_all(input).unwrap();
+    c.wait_with_output().unwrap()
 }
 
 /// Longer than one evaluation of the policy (250 ms).

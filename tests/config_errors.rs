@@ -89,7 +89,7 @@ fn bad_values_are_syntax_errors_with_the_reason() {
 #[test]
 fn isolation_budget_is_server_wide() {
     let (ok, out) = configtest("<Directory />\nLibCGIIsolationBudget 5\n</Directory>");
-    assert!(!ok && out.contains("LibCGIIsolationBudget cannot occur within <Directory"), "{out}");
+    assert!(!ok && out.contains("LibCGIIsolationBudget not allowed in <Directory> context"), "{out}");
 }
 
 #[test]

@@ -263,7 +263,12 @@ pub unsafe fn run(
                     let now = transport::thread_cpu_ns();
                     let server = (now - cpu_call).saturating_sub(cpu_out + (now - c_o));
                     *cross = Some(server + s.worker_cpu_ns);
-                    log::rlog!(r, APLOG_DEBUG, "{name}: crossing cost {server} ns here + {} ns in the worker", s.worker_cpu_ns);
+                    log::rlog!(
+                        r,
+                        APLOG_DEBUG,
+                        "{name}: crossing cost {server} ns here + {} ns in the worker",
+                        s.worker_cpu_ns
+                    );
                 }
                 if s.arg == crate::guard::EXITED {
                     metrics::isolated_exit(mslot);

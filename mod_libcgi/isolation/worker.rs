@@ -309,13 +309,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let has_body = s.has_body != 0;
     let mut body: Vec<u8> = Vec::with_capacity(if has_body { total + 1 } else { 0 });
     body.extend_from_slice(&d[at.min(len)..]);
-    let mut c = Call {
-        slot: s,
-        out: 0,
-        refused: false,
-        input_len: total,
-        host: CString::default(),
-    };
+    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
     while body.len() < total {
         c.round_trip(transport::OP_NEED_BODY, 0);
         let s = c.slot();
