@@ -17,7 +17,8 @@ mod segment;
 mod snapshot;
 
 pub use record::{
-    header_parse_done, isolated_exit, isolated_fault, loaded, quarantined, reloaded, slot_for, unloaded, Req,
+    discard_callback_time, header_parse_done, isolated_exit, isolated_fault, loaded, quarantined, reloaded, slot_for,
+    unloaded, Req,
 };
 
 use crate::log;
