@@ -5,7 +5,7 @@
 //! - clock reads: CLOCK_MONOTONIC through the vDSO (no syscall): 4 in the
 //!   handler (start, script found, processfunc returned, end), one more
 //!   after reading a body, 2 per callback from the script (outermost only,
-//!   in shim.c), 2 around Apache's header parser;
+//!   in shim.c);
 //! - writes, all to the running thread's own row: `started` when the script
 //!   is known, then `ended`, one status class, the byte counts, and one
 //!   bucket plus one sum for each of the 5 phases (about 8 cache lines), and
@@ -483,11 +483,11 @@ pub fn quarantined(path: &CStr) {
 }
 
 /// Apache's header parser has just run (called from request.rs): shim.c
-/// adds its time to the thread's header time if it ran inside a callback.
+/// marks the callback it ran in, whose time is then the output phase's.
 #[inline]
 pub fn header_parse_done() {
     if seg().is_some() {
-        // SAFETY: adds to a thread-local in shim.c.
+        // SAFETY: sets a thread-local in shim.c.
         unsafe { libcgi_hdr_done() };
     }
 }
