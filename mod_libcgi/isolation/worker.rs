@@ -240,8 +240,10 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     super::supervisor::die_with_parent(manager);
     // Of the segment, the worker keeps only its own slot: a script cannot
     // read or write another worker's request, nor the header.
-    let start = seg.base as usize;
-    let end = start + transport::Segment::size(seg.nslots());
+    // The whole mapping, page-rounded: munmap takes pages, and APR's own
+    // size word sits in the first one.
+    let start = (seg.map as usize) & !(transport::PAGE - 1);
+    let end = (seg.map as usize + seg.map_len).next_multiple_of(transport::PAGE);
     let mine = slot as usize;
     let slot_len = std::mem::size_of::<Slot>();
     libc::munmap(start as *mut c_void, mine - start);
@@ -292,7 +294,26 @@ fn take<'a>(d: &'a [u8], at: &mut usize) -> &'a [u8] {
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let len = (s.len as usize).min(DATA);
-    let d = &s.data[..len];
+    let head = s.head as usize;
+    let total = s.total as usize;
+    let has_body = s.has_body != 0;
+    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
+    // An environment larger than one message: the rest of it comes first,
+    // then the body (the first message is all of it almost always).
+    let gathered: Vec<u8>;
+    let d: &[u8] = if head <= len {
+        &c.slot().data[..len]
+    } else {
+        let mut v = c.slot().data[..len].to_vec();
+        while v.len() < head {
+            c.round_trip(transport::OP_NEED_BODY, 0);
+            let s = c.slot();
+            let n = (s.len as usize).min(DATA);
+            v.extend_from_slice(&s.data[..n]);
+        }
+        gathered = v;
+        &gathered
+    };
     let mut at = 0;
     let path = take(d, &mut at).to_vec();
     let mut env: Vec<CString> = Vec::new();
@@ -303,11 +324,8 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
         }
         env.push(CString::new(e).unwrap_or_default());
     }
-    let total = s.total as usize;
-    let has_body = s.has_body != 0;
     let mut body: Vec<u8> = Vec::with_capacity(if has_body { total + 1 } else { 0 });
-    body.extend_from_slice(&d[at.min(len)..]);
-    let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
+    body.extend_from_slice(&d[at.min(d.len())..]);
     while body.len() < total {
         c.round_trip(transport::OP_NEED_BODY, 0);
         let s = c.slot();
