@@ -416,6 +416,47 @@ fn all_workers_busy(mpm: Mpm) {
     assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
 }
 
+/// More scripts than workers under load: slots change hands (a worker serves
+/// one script, so another script's request has it replaced) and every
+/// request is still answered exactly; no worker is killed mid-request.
+fn more_scripts_than_workers(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
+    c.servers = 4;
+    let a = Arc::new(server_in(c, ""));
+    for i in 0..3 {
+        fs::copy(a.bin.join("t.so"), a.bin.join(format!("t{i}.so"))).unwrap();
+    }
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_secs(4);
+    let threads: Vec<_> = (0..4)
+        .map(|k| {
+            let (a, bad) = (a.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while Instant::now() < until && n < 2000 {
+                    let r = a.get(&format!("/libcgi-bin/t{}.so", (n + k) % 3));
+                    if r.status != 200 || r.text() != "hello v0" {
+                        bad.lock().unwrap().push(r.status);
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let served: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let bad = bad.lock().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {served} requests failed: {:?}\n{}",
+        bad.len(),
+        &bad[..bad.len().min(20)],
+        a.error_log()
+    );
+    assert!(served > 50, "only {served} requests");
+    assert!(!a.error_log().contains("isolated worker"), "{}", a.error_log());
+}
+
 /// Bad LibCGIIsolationWorkers values are refused at configuration time,
 /// naming the value.
 fn workers_directive_checked(mpm: Mpm) {
@@ -483,6 +524,7 @@ fn quarantine_isolated(mpm: Mpm) {
 
 per_mpm!(
     manager_respawned_under_load,
+    more_scripts_than_workers,
     all_workers_busy,
     workers_directive_checked,
     large_environment_in_pieces,

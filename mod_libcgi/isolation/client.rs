@@ -26,6 +26,10 @@ fn claim_wait(seg: &Segment) -> Duration {
 struct Held<'a> {
     seg: &'a Segment,
     slot: &'a mut Slot,
+    /// The worker this thread had killed to take its slot: the request
+    /// waits for the next one (the old one may still turn IDLE, finishing
+    /// its last request, before the kill reaches it).
+    replaced: i32,
 }
 
 impl Drop for Held<'_> {
@@ -63,7 +67,6 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
         }
         for (i, replace) in [(fresh, false), (other, true)] {
             if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
-                h.slot.script = script;
                 return Some(h);
             }
         }
@@ -81,16 +84,19 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
     // SAFETY: getpid has no preconditions.  (One syscall per request: a
     // per-process cache would go stale across the MPM's forks.)
     s.owner_pid.store(unsafe { libc::getpid() }, Ordering::Release);
+    let mut replaced = 0;
     if replace {
         s.want = want;
-        if s.pid.load(Ordering::Acquire) > 0 {
-            // The server thread waits until the new worker is IDLE.
+        let p = s.pid.load(Ordering::Acquire);
+        if p > 0 {
+            // The server thread waits until a new worker is IDLE.
             let _ = s.state.compare_exchange(transport::IDLE, EMPTY, Ordering::AcqRel, Ordering::Acquire);
             s.kill.store(1, Ordering::Release);
+            replaced = p;
         }
         transport::ring(&seg.header().doorbell);
     }
-    Some(Held { seg, slot: s })
+    Some(Held { seg, slot: s, replaced })
 }
 
 fn script_key(path: &[u8]) -> u64 {
@@ -125,7 +131,8 @@ pub unsafe fn run(
     want: Ident,
 ) -> c_int {
     let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
-    let Some(held) = claim(seg, want, script_key(CStr::from_ptr((*r).filename).to_bytes())) else {
+    let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
+    let Some(held) = claim(seg, want, key) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
         log::rerror(
             r,
@@ -140,7 +147,11 @@ pub unsafe fn run(
     let s = &mut *(held.slot as *mut Slot);
     // Wait for the worker to be ready (a fresh one starts in a millisecond).
     let ready = Instant::now() + claim_wait(seg);
-    while s.state.load(Ordering::Acquire) != IDLE {
+    // (The manager marks a reaped worker's slot before it clears its pid, so
+    // a slot that is IDLE under another pid than the replaced one has a
+    // live worker.)
+    let replaced = held.replaced;
+    while s.state.load(Ordering::Acquire) != IDLE || (replaced != 0 && s.pid.load(Ordering::Acquire) == replaced) {
         let st = s.state.load(Ordering::Acquire);
         if Instant::now() >= ready {
             log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));
@@ -152,6 +163,9 @@ pub unsafe fn run(
         }
         transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
     }
+    // Marked only now: a manager that starts the slot's new worker marks it
+    // fresh (0), and this worker is about to load this script.
+    s.script = key;
     // The environment mod_cgi would give the process, built by Apache.
     sys::ap_add_common_vars(r);
     sys::ap_add_cgi_vars(r);

@@ -98,7 +98,6 @@ pub unsafe fn orphaned(seg: &Segment) {
     for i in 0..seg.nslots() {
         let s = &mut *seg.slot(i);
         s.died.store(transport::MANAGER_DIED, Ordering::Release);
-        s.pid.store(0, Ordering::Release);
         s.kill.store(0, Ordering::Release);
         loop {
             let cur = s.state.load(Ordering::Acquire);
@@ -111,6 +110,8 @@ pub unsafe fn orphaned(seg: &Segment) {
                 break;
             }
         }
+        // After the state, as when a worker is reaped.
+        s.pid.store(0, Ordering::Release);
     }
     transport::ring(&seg.header().released);
 }
@@ -163,9 +164,10 @@ unsafe fn run(seg: &'static Segment) {
             }
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
-                s.pid.store(0, Ordering::Release);
                 // An idle worker is simply replaced; one in a request is
-                // marked dead for the server thread that waits on it.
+                // marked dead for the server thread that waits on it.  The
+                // state first, then the pid: a server thread that sees the
+                // pid gone must not still see the dead worker's IDLE.
                 loop {
                     let cur = s.state.load(Ordering::Acquire);
                     let to = match cur {
@@ -177,6 +179,7 @@ unsafe fn run(seg: &'static Segment) {
                         break;
                     }
                 }
+                s.pid.store(0, Ordering::Release);
             }
         }
         for i in 0..seg.nslots() {
