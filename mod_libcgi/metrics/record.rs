@@ -414,9 +414,9 @@ pub fn loaded(slot: u32, path: &CStr) {
     probes::load(path.as_ptr());
 }
 
-/// Callback time of initfunc belongs to the load, not to processfunc: it is
-/// dropped once the load is done.
-fn discard_callback_time() {
+/// Callback time of initfunc belongs to the load, not to processfunc, and
+/// terminatefunc's to no request: dropped once either has run.
+pub fn discard_callback_time() {
     let mut hdr = 0;
     // SAFETY: reads and zeroes two thread-locals in shim.c.
     unsafe { libcgi_cb_take(&mut hdr) };
