@@ -5,7 +5,7 @@
 //! - clock reads: CLOCK_MONOTONIC through the vDSO (no syscall): 4 in the
 //!   handler (start, script found, processfunc returned, end), one more
 //!   after reading a body, 2 per callback from the script (outermost only,
-//!   in shim.c), 2 around Apache's header parser;
+//!   in shim.c);
 //! - writes, all to the running thread's own row: `started` when the script
 //!   is known, then `ended`, one status class, the byte counts, and one
 //!   bucket plus one sum for each of the 5 phases (about 8 cache lines), and
@@ -318,10 +318,14 @@ impl Req {
             self.set_slot(self.slot);
         }
         // Missing boundaries collapse onto the previous one, so the phases
-        // always add up to the total exactly.
-        let t_body = self.t_body;
+        // always add up to the total exactly.  Each boundary is also held to
+        // be no earlier than the one before: the TSC of the CPU a thread
+        // moved to may trail by a few ticks, and a negative phase would wrap
+        // into the top bucket and the sums for good.
+        let t_body = self.t_body.max(self.t0);
         let t_load = self.t_load.max(t_body);
-        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc };
+        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc.max(t_load) };
+        let t_end = t_end.max(t_proc);
         let cb = self.cb_ns.min(t_proc - t_load);
         let hdr = self.hdr_ns.min(cb);
         // Each phase converted to ns on its own and the total as their sum,
@@ -443,11 +447,11 @@ pub fn quarantined(path: &CStr) {
 }
 
 /// Apache's header parser has just run (called from request.rs): shim.c
-/// adds its time to the thread's header time if it ran inside a callback.
+/// marks the callback it ran in, whose time is then the output phase's.
 #[inline]
 pub fn header_parse_done() {
     if seg().is_some() {
-        // SAFETY: adds to a thread-local in shim.c.
+        // SAFETY: sets a thread-local in shim.c.
         unsafe { libcgi_hdr_done() };
     }
 }
