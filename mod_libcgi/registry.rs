@@ -722,7 +722,7 @@ impl Registry {
 
     /// Time left in quarantine for this path, if any.  A new file (another
     /// identity) ends the quarantine: it counts as a fix until it faults.
-    fn quarantined(&self, key: &[u8], ident: FileIdent) -> Option<Duration> {
+    pub(crate) fn quarantined(&self, key: &[u8], ident: FileIdent) -> Option<Duration> {
         let mut faults = relock(self.faults.lock());
         let until = faults.get(key)?.quarantined_until;
         let now = Instant::now();

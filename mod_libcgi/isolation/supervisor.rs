@@ -87,6 +87,35 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
     libc::_exit(0);
 }
 
+/// The manager died, and its workers with it (PDEATHSIG), in the Apache
+/// parent before it forks the next one: a request in flight sees DEAD (its
+/// server thread answers 500 and frees the slot), an idle slot turns EMPTY,
+/// and no slot names a worker that is gone (its number may be reused).
+///
+/// # Safety
+/// `seg` is the live segment.
+pub unsafe fn orphaned(seg: &Segment) {
+    for i in 0..seg.nslots() {
+        let s = &mut *seg.slot(i);
+        s.died.store(transport::MANAGER_DIED, Ordering::Release);
+        s.kill.store(0, Ordering::Release);
+        loop {
+            let cur = s.state.load(Ordering::Acquire);
+            let to = match cur {
+                TO_WORKER | TO_SERVER => DEAD,
+                IDLE => EMPTY,
+                _ => break,
+            };
+            if transport::pass(&s.state, cur, to) {
+                break;
+            }
+        }
+        // After the state, as when a worker is reaped.
+        s.pid.store(0, Ordering::Release);
+    }
+    transport::ring(&seg.header().released);
+}
+
 unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> {
     (0..seg.nslots()).map(|i| &mut *seg.slot(i)).find(|s| s.pid.load(Ordering::Acquire) == pid)
 }
@@ -164,9 +193,10 @@ unsafe fn run(seg: &'static Segment) {
             }
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
-                s.pid.store(0, Ordering::Release);
                 // An idle worker is simply replaced; one in a request is
-                // marked dead for the server thread that waits on it.
+                // marked dead for the server thread that waits on it.  The
+                // state first, then the pid: a server thread that sees the
+                // pid gone must not still see the dead worker's IDLE.
                 loop {
                     let cur = s.state.load(Ordering::Acquire);
                     let to = match cur {
@@ -178,6 +208,7 @@ unsafe fn run(seg: &'static Segment) {
                         break;
                     }
                 }
+                s.pid.store(0, Ordering::Release);
             }
         }
         for i in 0..seg.nslots() {
