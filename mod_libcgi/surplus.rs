@@ -9,8 +9,9 @@
 //! parent starts a replacement without checking that limit
 //! (`server_main_loop`: `++remaining_children_to_start`, then
 //! `startup_children`), and right after a graceful restart it replaces such
-//! a child twice.  If the dead child was one of the old generation still
-//! finishing its requests, the new generation gets one process too many:
+//! a child twice.  So if the dead child was one of the old generation still
+//! finishing its requests, or died just before a restart and is reaped just
+//! after it, the new generation gets one process too many:
 //! the next graceful restart writes a byte too few, and one process keeps
 //! serving the old configuration for ever and makes the final stop wait for
 //! the parent's SIGKILL (AH00045, AH00046).  Apache without this module does
