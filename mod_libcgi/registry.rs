@@ -333,6 +333,9 @@ impl Drop for Script {
                 std::mem::forget(fd);
             }
         }
+        // What terminatefunc and the destructors spent in callbacks belongs
+        // to no request.
+        crate::metrics::discard_callback_time();
         log::serror(server, sys::APLOG_DEBUG, &format!("{}: unloaded", self.path.to_string_lossy()));
     }
 }

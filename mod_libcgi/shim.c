@@ -90,6 +90,7 @@ struct libcgi_guard {
     volatile sig_atomic_t in_loader; /* the call is dlclose: any jump leaves the loader lock held */
     volatile sig_atomic_t mask_changed; /* the script changed the signal mask: restore `mask` at the end */
     sigset_t mask;
+    sigset_t server_blocked;         /* what the thread blocked before its first call (less the guard's) */
     const struct libcgi_code *code;
     struct libcgi_outcome out;
     void *watch;                     /* the Rust watchdog's entry for this thread */
@@ -374,6 +375,27 @@ void libcgi_set_api(const struct libcgi_rs_api *api)
 
 static pthread_key_t guard_key;
 static pthread_once_t guard_key_once = PTHREAD_ONCE_INIT;
+
+/* The signals the server's threads block, as the first guarded thread found
+ * them: for threads without a guard (a script's own), which inherited a
+ * request thread's mask.  Written once under the lock, then published. */
+static sigset_t first_server_blocked;
+static int have_first_server_blocked;
+static pthread_mutex_t first_server_blocked_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void strip(sigset_t *set);
+
+static void note_server_blocked(struct libcgi_guard *g)
+{
+    pthread_sigmask(SIG_SETMASK, NULL, &g->server_blocked);
+    strip(&g->server_blocked);
+    pthread_mutex_lock(&first_server_blocked_lock);
+    if (!__atomic_load_n(&have_first_server_blocked, __ATOMIC_RELAXED)) {
+        first_server_blocked = g->server_blocked;
+        __atomic_store_n(&have_first_server_blocked, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&first_server_blocked_lock);
+}
 static int guard_key_ok;
 
 /* A server thread that goes away (mod_http2's idle workers, a threaded MPM
@@ -443,6 +465,7 @@ __attribute__((noinline, cold)) static int thread_setup(void)
         }
         pthread_attr_destroy(&attr);
     }
+    note_server_blocked(g);
     sigset_t set;
     sigemptyset(&set);
     for (int i = 0; i < NFAULTS; i++)
@@ -794,7 +817,8 @@ void libcgi_cb_timing(int how) { cb_timing = how; }
  * the callback does before the parser is a search for the blank line). */
 void libcgi_hdr_done(void)
 {
-    if (cb_timing && thread_guard && thread_guard->depth > 0 && current_request)
+    /* Only request.rs calls this, for a request's own output. */
+    if (cb_timing && thread_guard && thread_guard->depth > 0)
         hdr_ns += mono_ns() - cb_t0;
 }
 
@@ -822,9 +846,10 @@ static inline void enter(void)
 static inline void leave(void)
 {
     struct libcgi_guard *g = thread_guard;
-    /* Only inside a request: terminatefunc's callbacks (no request) must
-     * not show up in the next request's time. */
-    if (g && g->depth == 1 && cb_timing && current_request)
+    /* Callbacks outside a request add up here too: the time of initfunc's
+     * and terminatefunc's is dropped where they run (metrics::loaded, the
+     * registry's Script::drop), which costs less than asking here. */
+    if (g && g->depth == 1 && cb_timing)
         cb_ns += mono_ns() - cb_t0;
     if (g && --g->depth == 0 && g->armed && g->pending) {
         g->out.kind = LIBCGI_TIMEOUT;
@@ -1039,6 +1064,42 @@ static int guard_signal(int sig)
     return 0;
 }
 
+
+/* The signals whose handling the MPM relies on: SIGTERM wakes a worker or
+ * event child's main thread and ends a prefork child, SIGHUP and SIGUSR1
+ * stop and recycle children, SIGWINCH is graceful-stop, SIGINT/SIGQUIT end
+ * one process, and SIGPIPE is ignored so that a vanished client costs a
+ * failed write, not the process.  A script may block them (undone after the
+ * call) but not change what they do: signal(SIGPIPE, SIG_DFL) would let the
+ * next closed connection kill every request of the process, and SIGTERM
+ * ignored would make it outlive every restart. */
+static int server_signal(int sig)
+{
+    switch (sig) {
+    case SIGTERM: case SIGHUP: case SIGUSR1: case SIGWINCH: case SIGINT: case SIGQUIT: case SIGPIPE:
+        return 1;
+    }
+    return 0;
+}
+
+/* Signals whose disposition a script may not change. */
+static int reserved_signal(int sig)
+{
+    return guard_signal(sig) || server_signal(sig);
+}
+
+/* Asking a server signal for what it already does is no change (the common
+ * signal(SIGPIPE, SIG_IGN) of C programs succeeds). */
+static int refused(int sig, void (*handler)(int), int siginfo)
+{
+    if (!reserved_signal(sig))
+        return 0;
+    if (guard_signal(sig) || siginfo)
+        return 1;
+    struct sigaction cur;
+    return sigaction(sig, NULL, &cur) != 0 || (cur.sa_flags & SA_SIGINFO) || cur.sa_handler != handler;
+}
+
 static void strip(sigset_t *set)
 {
     for (int i = 0; i < NFAULTS; i++)
@@ -1056,12 +1117,35 @@ static void note_mask(void)
     }
 }
 
+/* A script may block more signals, never unblock one its server thread
+ * blocks: worker and event block SIGTERM & co. in every thread but the
+ * child's main one, and a process-directed signal goes to any thread that
+ * does not block it, so a worker thread that took SIGTERM would leave the
+ * main thread waiting on the pipe of death (a process that never exits). */
+static const sigset_t *server_blocked(void)
+{
+    struct libcgi_guard *g = thread_guard;
+    if (g)
+        return &g->server_blocked;
+    return __atomic_load_n(&have_first_server_blocked, __ATOMIC_ACQUIRE) ? &first_server_blocked : NULL;
+}
+
 int libcgi_c_pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
-    if (set == NULL || how == SIG_UNBLOCK)
+    if (set == NULL)
         return pthread_sigmask(how, set, old);
     sigset_t s = *set;
-    strip(&s);
+    const sigset_t *keep = server_blocked();
+    if (how == SIG_UNBLOCK) {
+        for (int sig = 1; keep && sig < NSIG; sig++)
+            if (sigismember(keep, sig) == 1)
+                sigdelset(&s, sig);
+    }
+    else {
+        strip(&s);
+        if (how == SIG_SETMASK && keep)
+            sigorset(&s, &s, keep);
+    }
     note_mask();
     return pthread_sigmask(how, &s, old);
 }
@@ -1080,12 +1164,15 @@ int libcgi_c_sigsuspend(const sigset_t *mask)
 {
     sigset_t s = *mask;
     strip(&s);
+    const sigset_t *keep = server_blocked();
+    if (keep)
+        sigorset(&s, &s, keep);
     return sigsuspend(&s);
 }
 
 int libcgi_c_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
-    if (act != NULL && guard_signal(sig)) {
+    if (act != NULL && refused(sig, act->sa_handler, act->sa_flags & SA_SIGINFO)) {
         errno = EINVAL;
         return -1;
     }
@@ -1096,7 +1183,7 @@ typedef void (*sighandler_fn)(int);
 
 sighandler_fn libcgi_c_signal(int sig, sighandler_fn handler)
 {
-    if (guard_signal(sig)) {
+    if (refused(sig, handler, 0)) {
         errno = EINVAL;
         return SIG_ERR;
     }
@@ -1105,7 +1192,7 @@ sighandler_fn libcgi_c_signal(int sig, sighandler_fn handler)
 
 sighandler_fn libcgi_c_sysv_signal(int sig, sighandler_fn handler)
 {
-    if (guard_signal(sig)) {
+    if (refused(sig, handler, 0)) {
         errno = EINVAL;
         return SIG_ERR;
     }
@@ -1117,7 +1204,7 @@ sighandler_fn libcgi_c_sysv_signal(int sig, sighandler_fn handler)
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 sighandler_fn libcgi_c_sigset(int sig, sighandler_fn handler)
 {
-    if (guard_signal(sig)) {
+    if (handler == SIG_HOLD ? guard_signal(sig) : refused(sig, handler, 0)) {
         errno = EINVAL;
         return SIG_ERR;
     }
@@ -1138,7 +1225,7 @@ int libcgi_c_sighold(int sig)
 
 int libcgi_c_sigignore(int sig)
 {
-    if (guard_signal(sig)) {
+    if (refused(sig, SIG_IGN, 0)) {
         errno = EINVAL;
         return -1;
     }

@@ -228,6 +228,16 @@ fn signals_stay_the_guards(mpm: Mpm) {
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=blockmask_quick", Duration::from_secs(5)).unwrap();
     assert_eq!(r.text(), "blocked\n");
     assert_eq!(mask(&a), before, "the script's mask outlived its call");
+    // Nor can it unblock what its server thread blocks (SIGTERM in a worker
+    // or event thread, which the MPM keeps for the main thread), during the
+    // call or after it.
+    let r = must_answer(&a, "/libcgi-bin/h.so?mode=unblockmask", Duration::from_secs(5)).unwrap();
+    assert_eq!(r.text(), before, "the script unblocked a signal its server thread blocks");
+    assert_eq!(mask(&a), before, "the script's unblocking outlived its call");
+    // Nor change what the server's own signals do (SIGPIPE back to its
+    // default would let a vanished client kill the process).
+    let r = must_answer(&a, "/libcgi-bin/h.so?mode=serversignals", Duration::from_secs(5)).unwrap();
+    assert_eq!(r.text(), "SIGTERM -1 SIGPIPE dfl -1 ign 0 SIGUSR1 -1; SIGPIPE ignored 1\n");
     // Its own SIGSEGV handler is refused: the fault is still contained.
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=ownsegv", Duration::from_secs(5)).unwrap();
     assert_eq!(r.status, 500, "{}", r.text());

@@ -420,6 +420,35 @@ fn latency(mpm: Mpm) {
 
 // ---- lifecycle -----------------------------------------------------------
 
+/// terminatefunc's time in callbacks belongs to no request.  The case where
+/// nothing else drops it: a request still running the old version when
+/// another thread loads the new one lets go of the old one last, so its
+/// terminatefunc runs on that request's thread after its processfunc; the
+/// next request on that thread must not get that time as "callbacks".
+fn unload_time_is_no_requests(mpm: Mpm) {
+    let a = server(mpm, 1, 2, "");
+    a.install("tb.so", "metered", &["-DTERM_BUSY_MS=200"]);
+    ok(&a, "/libcgi-bin/tb.so");
+    std::thread::scope(|s| {
+        let old = s.spawn(|| ok(&a, "/libcgi-bin/tb.so?sleep=300"));
+        std::thread::sleep(Duration::from_millis(100)); // let it start: a lower bound only
+        a.install("tb.so", "metered", &["-DTERM_BUSY_MS=200", "-DVERSION_2"]);
+        ok(&a, "/libcgi-bin/tb.so"); // the new version, loaded on the other thread
+        old.join().unwrap();
+    });
+    // The callbacks phase is capped at processfunc's own time, so these
+    // sleep 50 ms each: leaked time would show as 50 ms of callbacks.
+    let before = idle(&a);
+    let cb0 = row(&before, "tb.so")["latency"]["callbacks"]["sum_seconds"].as_f64().unwrap();
+    for _ in 0..4 {
+        ok(&a, "/libcgi-bin/tb.so?sleep=50");
+    }
+    let j = idle(&a);
+    let l = &row(&j, "tb.so")["latency"];
+    let cb = l["callbacks"]["sum_seconds"].as_f64().unwrap() - cb0;
+    assert!(cb < 0.02, "terminatefunc's time counted as a later request's callbacks ({cb} s): {l}");
+}
+
 fn restarts(mpm: Mpm) {
     let a = server(mpm, 2, 4, "");
     install(&a, "a.so", &[]);
@@ -759,3 +788,15 @@ prefork_and_event_extra!(
     in_flight_and_recycle,
     slots_changed_at_graceful
 );
+
+// Threaded MPMs only: the case needs two requests in one process at once.
+mod threaded {
+    #[test]
+    fn unload_time_is_no_requests_worker() {
+        super::unload_time_is_no_requests(super::Mpm::Worker)
+    }
+    #[test]
+    fn unload_time_is_no_requests_event() {
+        super::unload_time_is_no_requests(super::Mpm::Event)
+    }
+}

@@ -16,7 +16,7 @@ mod record;
 mod segment;
 mod snapshot;
 
-pub use record::{header_parse_done, loaded, quarantined, reloaded, slot_for, unloaded, Req};
+pub use record::{discard_callback_time, header_parse_done, loaded, quarantined, reloaded, slot_for, unloaded, Req};
 
 use crate::log;
 use crate::sys;

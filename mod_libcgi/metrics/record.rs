@@ -318,10 +318,14 @@ impl Req {
             self.set_slot(self.slot);
         }
         // Missing boundaries collapse onto the previous one, so the phases
-        // always add up to the total exactly.
-        let t_body = self.t_body;
+        // always add up to the total exactly.  Each boundary is also held to
+        // be no earlier than the one before: the TSC of the CPU a thread
+        // moved to may trail by a few ticks, and a negative phase would wrap
+        // into the top bucket and the sums for good.
+        let t_body = self.t_body.max(self.t0);
         let t_load = self.t_load.max(t_body);
-        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc };
+        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc.max(t_load) };
+        let t_end = t_end.max(t_proc);
         let cb = self.cb_ns.min(t_proc - t_load);
         let hdr = self.hdr_ns.min(cb);
         // Each phase converted to ns on its own and the total as their sum,
@@ -414,9 +418,9 @@ pub fn loaded(slot: u32, path: &CStr) {
     probes::load(path.as_ptr());
 }
 
-/// Callback time of initfunc belongs to the load, not to processfunc: it is
-/// dropped once the load is done.
-fn discard_callback_time() {
+/// Callback time of initfunc belongs to the load, not to processfunc, and
+/// terminatefunc's to no request: dropped once either has run.
+pub fn discard_callback_time() {
     let mut hdr = 0;
     // SAFETY: reads and zeroes two thread-locals in shim.c.
     unsafe { libcgi_cb_take(&mut hdr) };

@@ -168,6 +168,35 @@ int processfunc(char *input)
         lputs("Content-Type: text/plain\n\nblocked\n");
         return 0;
     }
+    if (is("unblockmask")) {
+        /* Unblocks everything both ways there are, then says what the
+         * thread blocks now, during the call. */
+        sigset_t all, none, cur;
+        sigfillset(&all);
+        sigemptyset(&none);
+        pthread_sigmask(SIG_UNBLOCK, &all, NULL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        pthread_sigmask(SIG_SETMASK, NULL, &cur);
+        lprintf("Content-Type: text/plain\n\nSIGTERM %d SIGUSR1 %d SIGSEGV %d\n", sigismember(&cur, SIGTERM),
+                sigismember(&cur, SIGUSR1), sigismember(&cur, SIGSEGV));
+        return 0;
+    }
+    if (is("serversignals")) {
+        /* Tries to change what the server's own signals do; asking SIGPIPE
+         * to stay ignored is fine. */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_IGN;
+        int term = sigaction(SIGTERM, &sa, NULL);
+        int pipe_dfl = signal(SIGPIPE, SIG_DFL) == SIG_ERR ? -1 : 0;
+        int pipe_ign = signal(SIGPIPE, SIG_IGN) == SIG_ERR ? -1 : 0;
+        int usr1 = sigignore(SIGUSR1);
+        struct sigaction cur;
+        sigaction(SIGPIPE, NULL, &cur);
+        lprintf("Content-Type: text/plain\n\nSIGTERM %d SIGPIPE dfl %d ign %d SIGUSR1 %d; SIGPIPE ignored %d\n", term,
+                pipe_dfl, pipe_ign, usr1, cur.sa_handler == SIG_IGN);
+        return 0;
+    }
     if (is("sigmask")) {
         sigset_t cur;
         pthread_sigmask(SIG_SETMASK, NULL, &cur);

@@ -7,6 +7,8 @@
  *   exit3        exit(3) with nothing sent: a 500
  *   getenvs=N    calls getenv N times (time in callbacks)
  *   body         echoes the request body's length
+ * Built with -DTERM_BUSY_MS=N, its terminatefunc spends N ms calling getenv
+ * (callback time that belongs to no request).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,3 +55,15 @@ int processfunc(char *input)
             (long)(input ? linput_length() : 0));
     return 0;
 }
+
+#ifdef TERM_BUSY_MS
+void terminatefunc(void)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        (void)getenv("PATH");
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < TERM_BUSY_MS);
+}
+#endif

@@ -178,8 +178,11 @@ int processfunc(char *input)
         putenv(put);
         setenv("HTTP_COOKIE", "overwritten", 1);
         unsetenv("QUERY_STRING");
-        lprintf("Content-Type: text/plain\n\nLEAKED=%s PUT=%s COOKIE=%s QS=%s", env_or("LEAKED"),
-                env_or("PUT_BY_SCRIPT"), env_or("HTTP_COOKIE"), env_or("QUERY_STRING"));
+        /* A name that is a prefix of a variable, one that extends it, and
+         * one that differs in its last byte: none of them is that variable. */
+        lprintf("Content-Type: text/plain\n\nLEAKED=%s PUT=%s COOKIE=%s QS=%s NEAR=%s%s%s", env_or("LEAKED"),
+                env_or("PUT_BY_SCRIPT"), env_or("HTTP_COOKIE"), env_or("QUERY_STRING"), env_or("HTTP_COOKI"),
+                env_or("HTTP_COOKIEX"), env_or("HTTP_COOKIF"));
         return 0;
     }
     if (is_mode("check")) {
