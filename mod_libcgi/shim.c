@@ -793,11 +793,15 @@ __attribute__((noinline, cold, noreturn)) static void stack_exhausted(struct lib
  * outermost enter/leave read the clock (mod_libcgi/metrics/clock.rs: the
  * TSC where CLOCK_MONOTONIC itself is the TSC, else CLOCK_MONOTONIC through
  * the vDSO; no syscall either way) and add the difference here, in clock
- * ticks; the handler takes and zeroes it after processfunc.  The header
- * parser's own time (inside lwrite) is kept apart in hdr_ns. */
+ * ticks; the handler takes and zeroes it after processfunc.  The callback in
+ * which Apache's header parser ran (an lwrite) counts whole as the "output"
+ * phase instead (hdr_ns, which is part of cb_ns): it parsed the headers and
+ * handed the response to Apache, and marking it costs a flag where a clock
+ * read after the parser cost as much as the rest of the callback timing. */
 static __thread uint64_t cb_t0 __attribute__((tls_model("initial-exec")));
 static __thread uint64_t cb_ns __attribute__((tls_model("initial-exec")));
 static __thread uint64_t hdr_ns __attribute__((tls_model("initial-exec")));
+static __thread int hdr_in_cb __attribute__((tls_model("initial-exec")));
 static int cb_timing; /* 0 off, 1 CLOCK_MONOTONIC ns, 2 TSC */
 
 static inline uint64_t mono_ns(void)
@@ -812,14 +816,14 @@ static inline uint64_t mono_ns(void)
 }
 
 void libcgi_cb_timing(int how) { cb_timing = how; }
-/* Apache's header parser has just finished inside a callback (lwrite): its
- * time is taken from the callback's start, one clock read for both (what
- * the callback does before the parser is a search for the blank line). */
+/* Apache's header parser has just finished (request.rs).  Inside a callback
+ * that callback is the output phase's; after processfunc (a script whose
+ * output ended without the blank line) the handler times it itself. */
 void libcgi_hdr_done(void)
 {
-    /* Only request.rs calls this, for a request's own output. */
-    if (cb_timing && thread_guard && thread_guard->depth > 0)
-        hdr_ns += mono_ns() - cb_t0;
+    struct libcgi_guard *g = thread_guard;
+    if (g && g->depth > 0)
+        hdr_in_cb = 1;
 }
 
 uint64_t libcgi_cb_take(uint64_t *hdr)
@@ -828,6 +832,7 @@ uint64_t libcgi_cb_take(uint64_t *hdr)
     *hdr = hdr_ns;
     cb_ns = 0;
     hdr_ns = 0;
+    hdr_in_cb = 0; /* a callback left by a jump */
     return v;
 }
 
@@ -849,8 +854,14 @@ static inline void leave(void)
     /* Callbacks outside a request add up here too: the time of initfunc's
      * and terminatefunc's is dropped where they run (metrics::loaded, the
      * registry's Script::drop), which costs less than asking here. */
-    if (g && g->depth == 1 && cb_timing)
-        cb_ns += mono_ns() - cb_t0;
+    if (g && g->depth == 1 && cb_timing) {
+        uint64_t d = mono_ns() - cb_t0;
+        cb_ns += d;
+        if (__builtin_expect(hdr_in_cb, 0)) {
+            hdr_ns += d;
+            hdr_in_cb = 0;
+        }
+    }
     if (g && --g->depth == 0 && g->armed && g->pending) {
         g->out.kind = LIBCGI_TIMEOUT;
         siglongjmp(g->env, 1);

@@ -8,6 +8,7 @@
 use super::transport::{self, Ident, Segment, Slot, DATA, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use crate::config::Settings;
 use crate::log;
+use crate::metrics;
 use crate::request::{self, Active, Phase, Request};
 use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -92,10 +93,8 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
 }
 
 fn script_key(path: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    h.finish() | 1
+    // The policy's key: the manager finds a worker's script by it.
+    super::policy::key(path)
 }
 
 /// Appends `b` and a NUL at `at`; false when it does not fit.
@@ -109,10 +108,16 @@ fn put(d: &mut [u8], at: &mut usize, b: &[u8]) -> bool {
     true
 }
 
-/// Runs the script of `r` in a worker; the handler's return value.
+/// Runs the script of `r` in a worker; the handler's return value.  On one
+/// request in `SAMPLE`, `cross` gets the CPU cost of its crossings in ns:
+/// this thread's CPU time from handing the request over to "done", less its
+/// time pushing output down the filter chain (which the in-process path
+/// pays too), plus the worker's CPU time outside processfunc; not when the
+/// call loaded the script or did not end normally.
 ///
 /// # Safety
 /// `r` is the live request; `input` its body (NUL-terminated) or null.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     seg: &Segment,
     r: *mut sys::request_rec,
@@ -121,6 +126,9 @@ pub unsafe fn run(
     input_len: usize,
     cfg: &Settings,
     want: Ident,
+    m: &mut metrics::Req,
+    mslot: u32,
+    cross: &mut Option<u64>,
 ) -> c_int {
     let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
     let Some(held) = claim(seg, want, script_key(CStr::from_ptr((*r).filename).to_bytes())) else {
@@ -144,6 +152,14 @@ pub unsafe fn run(
         }
         transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
     }
+    // One request in SAMPLE measures the crossing cost (CPU time).
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    let sample = N.with(|n| {
+        n.set(n.get().wrapping_add(1));
+        n.get() % transport::SAMPLE == 1
+    });
+    let cpu_call = if sample { transport::thread_cpu_ns() } else { 0 };
+    let mut cpu_out = 0u64;
     // The environment mod_cgi would give the process, built by Apache.
     sys::ap_add_common_vars(r);
     sys::ap_add_cgi_vars(r);
@@ -170,6 +186,7 @@ pub unsafe fn run(
     s.total = input_len as u64;
     s.has_body = u32::from(!input.is_null());
     s.file = file;
+    s.sample = u32::from(sample);
     s.phase.store(0, Ordering::Relaxed);
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
     let mut req = Request::new(r, input_len);
@@ -178,7 +195,7 @@ pub unsafe fn run(
     // thread, for the request in `req`.
     let _active = Active::enter(reqp);
     if !transport::pass(&s.state, IDLE, TO_WORKER) {
-        return died(seg, s, reqp, &name, cfg, "died before the call");
+        return died(seg, s, reqp, &name, m, mslot, "died before the call");
     }
     loop {
         let st = transport::wait_change(&s.state, TO_WORKER, deadline);
@@ -192,11 +209,13 @@ pub unsafe fn run(
                 let t = cfg.timeout.unwrap_or_default();
                 let end = Instant::now() + Duration::from_secs(10);
                 while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
-                return died(seg, s, reqp, &name, cfg, &format!("timed out after {} s", t.as_secs_f64()));
+                metrics::isolated_fault(mslot, 0, true);
+                return died(seg, s, reqp, &name, m, mslot, &format!("timed out after {} s", t.as_secs_f64()));
             }
-            _ => return died(seg, s, reqp, &name, cfg, "crashed"),
+            _ => return died(seg, s, reqp, &name, m, mslot, "crashed"),
         }
         let out = (s.len as usize).min(DATA);
+        let c_o = if sample { transport::thread_cpu_ns() } else { 0 };
         if out > 0 {
             request::rs_lwrite(s.data.as_ptr() as *const c_void, out);
         }
@@ -205,6 +224,9 @@ pub unsafe fn run(
                 let mut rc = 0;
                 if s.arg & transport::OUT_FLUSH != 0 {
                     rc = request::rs_lflush();
+                }
+                if sample {
+                    cpu_out += transport::thread_cpu_ns() - c_o;
                 }
                 let refused = matches!((*reqp).phase, Phase::BadHeaders | Phase::ClientGone);
                 s.op = transport::OP_ACK;
@@ -236,6 +258,21 @@ pub unsafe fn run(
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             transport::OP_DONE => {
+                m.isolated_done();
+                if sample && s.loaded == 0 {
+                    let now = transport::thread_cpu_ns();
+                    let server = (now - cpu_call).saturating_sub(cpu_out + (now - c_o));
+                    *cross = Some(server + s.worker_cpu_ns);
+                    log::rlog!(
+                        r,
+                        APLOG_DEBUG,
+                        "{name}: crossing cost {server} ns here + {} ns in the worker",
+                        s.worker_cpu_ns
+                    );
+                }
+                if s.arg == crate::guard::EXITED {
+                    metrics::isolated_exit(mslot);
+                }
                 let rc = s.rc;
                 let pid = s.pid.load(Ordering::Relaxed);
                 if s.loaded != 0 {
@@ -254,11 +291,11 @@ pub unsafe fn run(
             _ => {
                 s.kill.store(1, Ordering::Release);
                 transport::ring(&seg.header().doorbell);
-                return died(seg, s, reqp, &name, cfg, "broke the protocol");
+                return died(seg, s, reqp, &name, m, mslot, "broke the protocol");
             }
         }
         if !transport::pass(&s.state, TO_SERVER, TO_WORKER) {
-            return died(seg, s, reqp, &name, cfg, "crashed");
+            return died(seg, s, reqp, &name, m, mslot, "crashed");
         }
     }
 }
@@ -266,10 +303,22 @@ pub unsafe fn run(
 /// The worker died in the call (or was killed at its deadline).
 #[cold]
 #[inline(never)]
-unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg: &Settings, what: &str) -> c_int {
+unsafe fn died(
+    seg: &Segment,
+    s: &mut Slot,
+    req: *mut Request,
+    name: &str,
+    m: &mut metrics::Req,
+    mslot: u32,
+    what: &str,
+) -> c_int {
     let req = &mut *req;
     let r = req.r;
+    m.isolated_done();
     let st = s.died.load(Ordering::Acquire);
+    if libc::WIFSIGNALED(st) && !what.starts_with("timed out") {
+        metrics::isolated_fault(mslot, libc::WTERMSIG(st), false);
+    }
     let how = if libc::WIFSIGNALED(st) {
         format!("signal {}", libc::WTERMSIG(st))
     } else {

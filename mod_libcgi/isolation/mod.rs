@@ -43,6 +43,7 @@
 //!   server process's requests.
 
 mod client;
+pub mod policy;
 mod supervisor;
 mod transport;
 mod worker;
@@ -51,7 +52,7 @@ use crate::log;
 use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::Mutex;
 use transport::{Ident, Segment, MAX_IDENTS};
 
@@ -62,7 +63,7 @@ const WORKERS: usize = 16;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DirIso {
-    /// -1 unset, 0 inprocess, 1 process.
+    /// -1 unset, 0 inprocess, 1 process, 2 adaptive.
     pub mode: c_int,
     /// -1 unset.
     pub uid: i64,
@@ -86,6 +87,10 @@ impl DirIso {
 
 /// Some directory said `LibCGIIsolation process`: the manager is needed.
 static WANTED: AtomicBool = AtomicBool::new(false);
+/// Some directory said `LibCGIIsolation adaptive`: the manager evaluates.
+static ADAPTIVE: AtomicBool = AtomicBool::new(false);
+/// LibCGIIsolationBudget in millionths of the server's CPU (default 10%).
+static BUDGET_PPM: AtomicU32 = AtomicU32::new(100_000);
 /// The (uid, gid) pairs the configuration names, for the manager.
 static IDENTS: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
 static SEGMENT: AtomicPtr<Segment> = AtomicPtr::new(ptr::null_mut());
@@ -109,14 +114,35 @@ pub unsafe extern "C" fn set_mode(cmd: *mut sys::cmd_parms, conf: *mut c_void, w
             WANTED.store(true, Ordering::Relaxed);
         }
         "adaptive" => {
-            return err(
-                (*cmd).pool,
-                "LibCGIIsolation adaptive is not implemented yet (issue 12 phase 2): use inprocess or process",
-            )
+            c.mode = 2;
+            WANTED.store(true, Ordering::Relaxed);
+            ADAPTIVE.store(true, Ordering::Relaxed);
         }
-        _ => return err((*cmd).pool, "LibCGIIsolation takes 'inprocess' or 'process'"),
+        _ => {
+            let w = CStr::from_ptr(w).to_string_lossy();
+            return err((*cmd).pool, &format!("LibCGIIsolation '{w}': takes 'inprocess', 'process' or 'adaptive'"));
+        }
     }
     ptr::null()
+}
+
+/// `LibCGIIsolationBudget <percent>`: server config only.
+pub unsafe extern "C" fn set_budget(cmd: *mut sys::cmd_parms, _conf: *mut c_void, w: *const c_char) -> *const c_char {
+    let e = sys::ap_check_cmd_context(cmd, sys::GLOBAL_ONLY);
+    if !e.is_null() {
+        return e;
+    }
+    let v = CStr::from_ptr(w).to_string_lossy();
+    match v.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 100.0 && x.is_finite() && (x * 1e4).round() >= 1.0 => {
+            BUDGET_PPM.store((x * 1e4).round() as u32, Ordering::Relaxed);
+            ptr::null()
+        }
+        _ => err(
+            (*cmd).pool,
+            &format!("LibCGIIsolationBudget '{v}': a percent of the server's CPU above 0 (at least 0.0001) up to 100"),
+        ),
+    }
 }
 
 pub unsafe extern "C" fn set_user(
@@ -196,29 +222,172 @@ fn ident_for(c: &DirIso) -> Ident {
     }
 }
 
-/// The request's isolation settings, when its script runs isolated.
-///
+/// Where a request runs, decided once at its start.
+pub enum Route {
+    /// `inprocess` (or nothing said).
+    InProcess,
+    /// In a worker; the script's policy entry if it has one.
+    Isolated(&'static DirIso, Option<(usize, &'static policy::Entry)>),
+    /// `adaptive`, promoted now: in process, counted in its entry.
+    Promoted(usize, &'static policy::Entry),
+}
+
 /// # Safety
 /// `r` is a live request.
 #[inline]
-pub unsafe fn wanted(r: *const sys::request_rec) -> Option<&'static DirIso> {
+pub unsafe fn route(r: *const sys::request_rec) -> Route {
     let c = &*(sys::ap_get_module_config((*r).per_dir_config, ptr::addr_of!(crate::libcgi_module))
         as *const crate::config::DirConf);
-    (c.iso.mode == 1).then_some(&c.iso)
+    if c.iso.mode <= 0 {
+        return Route::InProcess;
+    }
+    route_isolated(r, &c.iso)
+}
+
+#[inline(never)]
+unsafe fn route_isolated(r: *const sys::request_rec, d: &'static DirIso) -> Route {
+    let Some(seg) = SEGMENT.load(Ordering::Acquire).as_ref() else {
+        return Route::Isolated(d, None);
+    };
+    let mode = if d.mode == 2 { policy::ADAPTIVE } else { policy::FIXED };
+    let e = seg.header().policy.entry(CStr::from_ptr((*r).filename).to_bytes(), mode);
+    match e {
+        Some((i, e)) if mode == policy::ADAPTIVE && e.hot.domain.load(Ordering::Acquire) == policy::INPROCESS => {
+            Route::Promoted(i, e)
+        }
+        e => Route::Isolated(d, e),
+    }
+}
+
+/// Per server process: which entries' scripts this process has loaded in
+/// process, so that the first isolated request after a demotion drops the
+/// in-process copy (its terminatefunc runs when the last request using it
+/// ends).
+static LOADED_HERE: [AtomicBool; policy::ENTRIES] = [const { AtomicBool::new(false) }; policy::ENTRIES];
+
+/// An in-process request of a promoted script: counted in its entry when
+/// it ends.
+pub struct InProcess {
+    e: &'static policy::Entry,
+    t0: std::time::Instant,
+}
+
+impl InProcess {
+    pub fn start(i: usize, e: &'static policy::Entry) -> InProcess {
+        if !LOADED_HERE[i].load(Ordering::Relaxed) {
+            LOADED_HERE[i].store(true, Ordering::Relaxed);
+        }
+        InProcess { e, t0: std::time::Instant::now() }
+    }
+    /// processfunc faulted or timed out here: isolated at once (the
+    /// evaluator starts the cool-down at its next tick).
+    #[cold]
+    pub fn faulted(&self) {
+        let _ = self.e.hot.domain.compare_exchange(
+            policy::INPROCESS,
+            policy::ISOLATED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.e.rare.faults.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.e.inproc.reqs.fetch_add(1, Ordering::Relaxed);
+        self.e.inproc.ns.fetch_add(self.t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the status page shows of a script's domain.
+pub struct View {
+    /// "inprocess", "process" or "adaptive".
+    pub mode: &'static str,
+    /// "inprocess" or "process".
+    pub domain: &'static str,
+    pub promote: u64,
+    pub demote: u64,
+    pub cooling: bool,
+    /// Requests and seconds in process and isolated (None: not counted
+    /// apart; the script's own counters say it all).
+    pub split: Option<[(u64, f64); 2]>,
+}
+
+pub fn view(path: &[u8]) -> View {
+    let plain = View { mode: "inprocess", domain: "inprocess", promote: 0, demote: 0, cooling: false, split: None };
+    // SAFETY: the segment lives as long as this configuration.
+    let Some(seg) = (unsafe { SEGMENT.load(Ordering::Acquire).as_ref() }) else { return plain };
+    let Some(e) = seg.header().policy.find(path) else { return plain };
+    let adaptive = e.hot.mode.load(Ordering::Relaxed) == policy::ADAPTIVE;
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    View {
+        mode: if adaptive { "adaptive" } else { "process" },
+        domain: if e.hot.domain.load(Ordering::Relaxed) == policy::INPROCESS { "inprocess" } else { "process" },
+        promote: r(&e.rare.promotions),
+        demote: r(&e.rare.demotions),
+        cooling: r(&e.rare.cool_until_ms) > policy::unix_ms(),
+        split: Some([(r(&e.inproc.reqs), r(&e.inproc.ns) as f64 / 1e9), (r(&e.iso.reqs), r(&e.iso.ns) as f64 / 1e9)]),
+    }
+}
+
+/// The policy as a whole, for the status page: (budget %, estimated
+/// overhead %, evaluations, evaluator CPU seconds); None unless adaptive.
+pub fn policy_view() -> Option<(f64, f64, u64, f64)> {
+    // SAFETY: as in `view`.
+    let seg = unsafe { SEGMENT.load(Ordering::Acquire).as_ref() }?;
+    let t = &seg.header().policy;
+    (t.adaptive != 0).then(|| {
+        (
+            t.budget_ppm as f64 / 1e4,
+            t.overhead_ppm.load(Ordering::Relaxed) as f64 / 1e4,
+            t.evals.load(Ordering::Relaxed),
+            t.eval_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    })
 }
 
 /// Runs an isolated request; the handler's return value.
 ///
 /// # Safety
 /// `r` is a live request, `input`/`input_len` its body as body::read gave it.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn handle(
     r: *mut sys::request_rec,
     d: &DirIso,
+    entry: Option<(usize, &'static policy::Entry)>,
     ident: crate::registry::FileIdent,
     input: *mut c_char,
     input_len: usize,
     cfg: &crate::config::Settings,
+    m: &mut crate::metrics::Req,
 ) -> c_int {
+    let path = CStr::from_ptr((*r).filename);
+    // Counted under the script's own row, as an in-process request is.
+    let mslot = match entry.map(|(_, e)| e.hot.metrics_slot.load(Ordering::Relaxed)) {
+        Some(n) if n > 0 => n - 1,
+        _ => {
+            let n = crate::metrics::slot_for(path);
+            if let Some((_, e)) = entry {
+                e.hot.metrics_slot.store(n + 1, Ordering::Relaxed);
+            }
+            n
+        }
+    };
+    m.script(mslot);
+    if let Some((i, _)) = entry {
+        if LOADED_HERE[i].load(Ordering::Relaxed) && LOADED_HERE[i].swap(false, Ordering::Relaxed) {
+            if let Some(reg) = crate::registry::REGISTRY.get() {
+                reg.forget(path.to_bytes());
+                log::rlog!(
+                    r,
+                    APLOG_DEBUG,
+                    "{}: in-process copy dropped (the script is isolated now)",
+                    path.to_string_lossy()
+                );
+            }
+        }
+    }
     let Some(seg) = SEGMENT.load(Ordering::Acquire).as_ref() else {
         log::rerror(r, sys::APLOG_ERR, 0, "mod_libcgi: the isolation manager is not running");
         return sys::HTTP_INTERNAL_SERVER_ERROR as c_int;
@@ -229,7 +398,18 @@ pub unsafe fn handle(
         return sys::HTTP_FORBIDDEN as c_int;
     }
     let file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
-    client::run(seg, r, file, input, input_len, cfg, ident_for(d))
+    let t0 = std::time::Instant::now();
+    let mut cross = None;
+    let rc = client::run(seg, r, file, input, input_len, cfg, ident_for(d), m, mslot, &mut cross);
+    if let Some((_, e)) = entry {
+        e.iso.reqs.fetch_add(1, Ordering::Relaxed);
+        e.iso.ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(c) = cross {
+            e.iso.cross_n.fetch_add(1, Ordering::Relaxed);
+            e.iso.cross_ns.fetch_add(c, Ordering::Relaxed);
+        }
+    }
+    rc
 }
 
 /// The same trust checks as a load in process, once per file version per
@@ -303,6 +483,10 @@ unsafe extern "C" fn post_config(
         h.idents[k] = Ident { uid: *u, gid: *g, ..Ident::default() };
     }
     h.nidents = ids.len().min(MAX_IDENTS) as u32;
+    h.policy.adaptive = u32::from(ADAPTIVE.swap(false, Ordering::Relaxed));
+    h.policy.budget_ppm = BUDGET_PPM.swap(100_000, Ordering::Relaxed);
+    h.policy.ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    h.policy.loglevel = sys::ap_get_server_module_loglevel(s, log::module_index());
     for i in 0..WORKERS {
         (*seg.slot(i)).want = def;
     }

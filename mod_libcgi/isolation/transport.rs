@@ -70,6 +70,8 @@ pub struct Header {
     pub nidents: u32,
     /// The identities the manager accepts from a slot's `want`.
     pub idents: [Ident; MAX_IDENTS],
+    /// The adaptive policy's script table (workers do not map it).
+    pub policy: super::policy::Table,
 }
 
 #[repr(C, align(4096))]
@@ -107,6 +109,11 @@ pub struct Slot {
     /// What the worker is running, for the message if it dies: 1 initfunc,
     /// 2 processfunc.
     pub phase: AtomicU32,
+    /// OP_REQ: measure this request's crossing cost (one in `SAMPLE`).
+    pub sample: u32,
+    /// OP_DONE, when sampled: the worker's CPU ns for this request outside
+    /// processfunc (reading the request, building `environ`, answering).
+    pub worker_cpu_ns: u64,
     pub data: [u8; DATA],
 }
 
@@ -195,6 +202,19 @@ pub fn wait_change(state: &AtomicU32, val: u32, deadline: Option<Instant>) -> u3
 pub fn ring(word: &AtomicU32) {
     word.fetch_add(1, Ordering::AcqRel);
     wake(word);
+}
+
+/// One request in this many measures its crossing cost (CPU time on both
+/// sides: seven clock reads that are syscalls).
+pub const SAMPLE: u32 = 8;
+
+/// CPU time of the calling thread in ns (wall time would count the run
+/// queue of a loaded machine as the cost of a crossing).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);

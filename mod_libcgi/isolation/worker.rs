@@ -291,6 +291,8 @@ fn take<'a>(d: &'a [u8], at: &mut usize) -> &'a [u8] {
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
+    let sample = s.sample != 0;
+    let cpu0 = if sample { transport::thread_cpu_ns() } else { 0 };
     let len = (s.len as usize).min(DATA);
     let d = &s.data[..len];
     let mut at = 0;
@@ -351,7 +353,9 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
     let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
+    let cpu1 = if sample { transport::thread_cpu_ns() } else { 0 };
     let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
+    let cpu2 = if sample { transport::thread_cpu_ns() } else { 0 };
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
@@ -359,6 +363,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     };
     let sl = c.slot();
     sl.rc = rc;
+    sl.worker_cpu_ns = if sample { (cpu1 - cpu0) + (transport::thread_cpu_ns() - cpu2) } else { 0 };
     c.round_trip(transport::OP_DONE, kind);
     environ = std::ptr::null_mut();
     drop(envp);

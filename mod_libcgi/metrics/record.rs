@@ -5,7 +5,7 @@
 //! - clock reads: CLOCK_MONOTONIC through the vDSO (no syscall): 4 in the
 //!   handler (start, script found, processfunc returned, end), one more
 //!   after reading a body, 2 per callback from the script (outermost only,
-//!   in shim.c), 2 around Apache's header parser;
+//!   in shim.c);
 //! - writes, all to the running thread's own row: `started` when the script
 //!   is known, then `ended`, one status class, the byte counts, and one
 //!   bucket plus one sum for each of the 5 phases (about 8 cache lines), and
@@ -240,6 +240,15 @@ impl Req {
         }
     }
 
+    /// An isolated call ended (or its worker died): the script phase is
+    /// the whole call as the server thread saw it.
+    #[inline]
+    pub fn isolated_done(&mut self) {
+        if self.on() {
+            self.t_proc = now_ns();
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn outcome(&self, out: &guard::Outcome, path: &CStr, recycle: bool) {
@@ -440,6 +449,33 @@ pub fn unloaded(slot: u32, path: &CStr) {
     probes::unload(path.as_ptr());
 }
 
+/// An isolated worker died in processfunc (`signo`) or was killed at its
+/// deadline (`timeout`).  Counted for the script only: the server process
+/// was not touched.
+#[cold]
+pub fn isolated_fault(slot: u32, signo: i32, timeout: bool) {
+    let Some(s) = seg() else { return };
+    let e = s.events(slot as usize);
+    if timeout {
+        e.timeouts.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let k = segment::FAULT_KINDS.iter().position(|&(_, sig)| sig == signo).unwrap_or(segment::FAULT_KINDS.len() - 1);
+    e.faults[k].fetch_add(1, Ordering::Relaxed);
+    // SAFETY: apr_time_now has no preconditions.
+    e.last_fault_us.store(unsafe { sys::apr_time_now() } as u64, Ordering::Relaxed);
+    e.last_fault_signal.store(signo as u64, Ordering::Relaxed);
+    e.last_fault_pid.store(0, Ordering::Relaxed);
+    e.last_fault_addr.store(u64::MAX, Ordering::Relaxed);
+}
+
+#[cold]
+pub fn isolated_exit(slot: u32) {
+    if let Some(s) = seg() {
+        s.events(slot as usize).exits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub fn quarantined(path: &CStr) {
     if let Some(s) = seg() {
         s.events(s.slot_for(path.to_bytes())).quarantines.fetch_add(1, Ordering::Relaxed);
@@ -447,11 +483,11 @@ pub fn quarantined(path: &CStr) {
 }
 
 /// Apache's header parser has just run (called from request.rs): shim.c
-/// adds its time to the thread's header time if it ran inside a callback.
+/// marks the callback it ran in, whose time is then the output phase's.
 #[inline]
 pub fn header_parse_done() {
     if seg().is_some() {
-        // SAFETY: adds to a thread-local in shim.c.
+        // SAFETY: sets a thread-local in shim.c.
         unsafe { libcgi_hdr_done() };
     }
 }
