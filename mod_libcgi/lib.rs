@@ -5,7 +5,8 @@
 //! loaded script's relocations), `guard` and `shim.c` (calls into scripts
 //! under sigsetjmp, the watchdog), `registry` (dlopen/dlsym), `request` and
 //! `env` (the functions scripts call, which get raw pointers from C), `trust`,
-//! `recycle`, `body` and `handler` (Apache's request API).
+//! `recycle`, `surplus`, `body` and `handler` (Apache's request and
+//! scoreboard API).
 
 mod body;
 mod config;
@@ -20,6 +21,7 @@ mod metrics;
 mod recycle;
 mod registry;
 mod request;
+mod surplus;
 mod sys;
 mod trust;
 
@@ -67,6 +69,7 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
     // keep them and hand them every fault that is not a script's.
     let e = guard::libcgi_install_handlers(guard::timer_signal(), log::error_log_fd(s));
     guard::start_watchdog();
+    surplus::start();
     if e != 0 {
         log::serror(
             s,

@@ -185,11 +185,21 @@ pub struct Config {
     pub threads: u32,
     pub loglevel: String,
     pub cgid: bool,
+    /// Load mod_libcgi (false: Apache alone, to tell its behaviour from ours).
+    pub libcgi: bool,
 }
 
 impl Config {
     pub fn new(mpm: Mpm) -> Config {
-        Config { mpm, extra: String::new(), servers: 1, threads: 16, loglevel: "warn".into(), cgid: false }
+        Config {
+            mpm,
+            extra: String::new(),
+            servers: 1,
+            threads: 16,
+            loglevel: "warn".into(),
+            cgid: false,
+            libcgi: true,
+        }
     }
     pub fn extra(mut self, s: &str) -> Config {
         self.extra.push_str(s);
@@ -341,7 +351,9 @@ impl Apache {
             writeln!(c, "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock").unwrap();
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
-        writeln!(c, "LoadModule libcgi_module {}", server_module_path().display()).unwrap();
+        if cfg.libcgi {
+            writeln!(c, "LoadModule libcgi_module {}", server_module_path().display()).unwrap();
+        }
         writeln!(
             c,
             r#"<Directory />
@@ -371,7 +383,7 @@ Alias /tiny/ {d}/bin/
 <Location /libcgi-bin/nopathinfo.so>
   AcceptPathInfo Off
 </Location>"#,
-            iso = isolation_directive()
+            iso = if cfg.libcgi { isolation_directive() } else { String::new() }
         )
         .unwrap();
         if cfg.cgid {
