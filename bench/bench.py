@@ -40,12 +40,14 @@ MODULE = os.environ.get("BENCH_MODULE") or os.path.join(ROOT, "target/release/li
 SIZES = [28, 1024, 10240, 102400]
 PEERS = ["static", "native", "native_hdr", "libcgi", "libcgi_nometrics", "isolated", "fcgid", "proxy_fcgi", "cgid"]
 MPMS = ["event", "prefork"]
-PROXY_PORT_BASE = 19400
+# mod_proxy_fcgi's backends: free ports picked per run (two runs at once
+# must not collide), before the server's configuration names them.
+PROXY_PORTS = []
 SMOKE = "--smoke" in sys.argv
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
-# Time budget: the full run takes about 13 minutes on 2 cores, the smoke run
-# about half a minute.
+# Time budget: the full run takes about 20 minutes on 2 cores, the smoke run
+# about 90 s (the mixed workload only under event).
 DUR = 1 if SMOKE else 2               # seconds per measurement (wrk takes whole seconds)
 WARM = 0 if SMOKE else 1              # seconds of warm-up per target
 M_SIZES = [28] if SMOKE else SIZES    # sizes measured (all are built and checked)
@@ -57,6 +59,11 @@ SMOKE_PEERS = ["native", "libcgi", "isolated"]
 CG_REQUESTS = 20 if SMOKE else 500    # requests per callgrind segment
 MANY = 50 if SMOKE else 1000          # scripts in the "many scripts" test
 MANY_ROUNDS = 1 if SMOKE else 4
+MIXED_SCRIPTS = 21                    # 1 hot + 20 cold
+MIXED_SECONDS = 2 if SMOKE else 20    # per mode, in 1 s steps
+SHIFT_SECONDS = 2 if SMOKE else 30    # the hot script changes halfway
+MIXED_MPMS = ["event"] if SMOKE else MPMS
+PP_SAMPLES = 3 if SMOKE else 9        # ping-pong samples per variant
 
 
 def log(*a):
@@ -96,7 +103,7 @@ def body_of(size):
 def build():
     shutil.rmtree(WORK, ignore_errors=True)
     for d in ["static", "native", "nhdr", "libcgi-bin", "iso-bin", "fcgid", "cgi-bin", "run", "many", "links", "nmany", "obj",
-              "cg"]:
+              "cg", "mixed"]:
         os.makedirs(os.path.join(WORK, d))
     inc = os.path.join(ROOT, "include")
     peer = os.path.join(HERE, "peer.c")
@@ -125,6 +132,11 @@ def build():
         # The control: as many files for the native module (28 B each).
         open(os.path.join(WORK, "nmany", f"n28-{i:04d}.nat"), "w").close()
     build_script_rows()
+    # The mixed workload's 21 scripts: separate files, so separate scripts
+    # for the isolation policy.
+    for i in range(MIXED_SCRIPTS):
+        shutil.copy(os.path.join(WORK, "libcgi-bin", "b28.so"), os.path.join(WORK, "mixed", f"m{i:02d}.so"))
+    sh(["cc", "-O2", "-Wall", "-o", os.path.join(WORK, "obj", "pingpong"), os.path.join(HERE, "pingpong.c")])
     # A private copy of the module: the benchmark is immune to a rebuild
     # running at the same time.
     shutil.copy(MODULE, os.path.join(WORK, "obj", "libmod_libcgi.so"))
@@ -175,6 +187,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def pick_ports(n):
+    """n distinct free ports (held open together while picking)."""
+    socks = []
+    try:
+        for _ in range(n):
+            so = socket.socket()
+            so.bind(("127.0.0.1", 0))
+            socks.append(so)
+        return [so.getsockname()[1] for so in socks]
+    finally:
+        for so in socks:
+            so.close()
+
+
 def config(mpm, port, single=False, run="run", extra=""):
     w, m = WORK, MODULES
     user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
@@ -186,8 +212,8 @@ def config(mpm, port, single=False, run="run", extra=""):
         procs = (f"StartServers {s}\nServerLimit {s}\nThreadsPerChild 32\nThreadLimit 32\n"
                  f"MinSpareThreads 1\nMaxSpareThreads {32 * s}\nMaxRequestWorkers {32 * s}\n")
     proxies = "".join(
-        f"ProxyPass /pfcgi/{size} fcgi://127.0.0.1:{PROXY_PORT_BASE + i}/\n"
-        for i, size in enumerate(SIZES))
+        f"ProxyPass /pfcgi/{size} fcgi://127.0.0.1:{port}/\n"
+        for port, size in zip(PROXY_PORTS, SIZES))
     return f"""ServerRoot {w}
 Listen 127.0.0.1:{port}
 ServerName 127.0.0.1
@@ -374,7 +400,7 @@ class ProxyBackends:
         spawn = shutil.which("spawn-fcgi")
         self.how = "spawn-fcgi -F 4" if spawn else "FCGX_OpenSocket + 3 forks"
         for i, size in enumerate(SIZES):
-            port = PROXY_PORT_BASE + i
+            port = PROXY_PORTS[i]
             app = os.path.join(WORK, "fcgid", f"f{size}.fcgi")
             if spawn:
                 pidfile = os.path.join(WORK, f"spawn-fcgi-{port}.pid")
@@ -390,7 +416,7 @@ class ProxyBackends:
             deadline = time.time() + 10
             while True:
                 try:
-                    socket.create_connection(("127.0.0.1", PROXY_PORT_BASE + i), 0.2).close()
+                    socket.create_connection(("127.0.0.1", PROXY_PORTS[i]), 0.2).close()
                     break
                 except OSError:
                     if time.time() > deadline:
@@ -471,6 +497,7 @@ def throughput(mpm):
     peers back to back (so a ratio compares measurements seconds apart), the
     order of sizes and of peers rotated from round to round.  Then one round
     without keep-alive and the latency at concurrency 1."""
+    PROXY_PORTS[:] = pick_ports(len(SIZES))
     s = Server(mpm)
     # The metrics-off twin: idle (and pinned to the same CPU) while the
     # others are measured.
@@ -884,6 +911,279 @@ def first_request_and_many():
             srv.stop()
 
 
+# ---- transport: ping-pong, callgrind of an isolated request ----
+
+def pingpong():
+    """The transport's floor (bench/pingpong.c): round trips between two
+    processes, futex in shared memory (what mod_libcgi uses), futex with
+    spinning first, eventfd and pipe; both on the server's CPU (where the
+    benchmark puts the server and its workers) and across the two CPUs."""
+    exe = os.path.join(WORK, "obj", "pingpong")
+    one, two = [SERVER_CPU, SERVER_CPU], [SERVER_CPU, CLIENT_CPU]
+    scale = 10 if SMOKE else 1
+    plan = [("futex", one, 20000), ("futex", two, 2000), ("spin", one, 50), ("spin", two, 20000),
+            ("eventfd", one, 20000), ("eventfd", two, 2000), ("pipe", one, 20000), ("pipe", two, 2000)]
+    res = []
+    for how, cpus, n in plan:
+        out = sh([exe, how, cpus[0], cpus[1], str(max(n // scale, 10)), str(PP_SAMPLES)])
+        d = json.loads(out)
+        d["placement"] = "one CPU" if cpus[0] == cpus[1] else "two CPUs"
+        res.append(d)
+    return res
+
+
+# Functions of the server side of an isolated request whose inclusive cost
+# the report lists (callgrind names; a prefix matches).
+ISO_PARTS = [
+    ("the whole isolated call (client::run)", "mod_libcgi::isolation::client::run"),
+    ("environment: ap_add_common_vars", "ap_add_common_vars"),
+    ("environment: ap_add_cgi_vars", "ap_add_cgi_vars"),
+    ("environment: ap_create_environment", "ap_create_environment"),
+    ("environment into the slot (put_env)", "mod_libcgi::isolation::client::put_env"),
+    ("output: rs_lwrite (header parser, brigade)", "mod_libcgi::request::rs_lwrite"),
+    ("header parser: ap_scan_script_header_err_core_ex", "ap_scan_script_header_err_core_ex"),
+    ("end of the response: finish_body", "mod_libcgi::request::Request::finish_body"),
+    ("futex syscalls (libc syscall())", "syscall"),
+    ("copies (memcpy/memmove)", "__memmove"),
+    ("claim a slot (client::claim)", "mod_libcgi::isolation::client::claim"),
+    ("getpid", "getpid"),
+]
+
+
+def callgrind_isolated():
+    """Instructions per isolated request at 28 B, server side and worker
+    side, in one `apache2 -X` under callgrind (its manager and workers are
+    forks, so callgrind runs in them too, one output file per process).
+    Server: segments cut by /mark as in callgrind(): N isolated requests, N
+    in-process requests, both twice.  Worker: a dump before each
+    processfunc, so each dump is one whole request cycle in the worker."""
+    d = os.path.join(WORK, "cg-iso")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    if os.geteuid() == 0:
+        shutil.chown(d, "www-data", "www-data")
+    prefix = os.path.join(d, "cg.out")
+    n = CG_REQUESTS
+    s = Server("prefork", single=True, run="run-cgiso", extra="LibCGIIsolationWorkers 2\n",
+               valgrind_args=[f"--callgrind-out-file={prefix}.%p", "--dump-before=bench_mark",
+                              "--dump-before=processfunc", "--dump-instr=no"])
+    server_pid = s.proc.pid
+    plan = []
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=300)
+
+        def get(path, times=1):
+            for _ in range(times):
+                st, body = fetch(s.port, path, conn)
+                if st != 200:
+                    raise SystemExit(f"callgrind (isolated): {path} answered {st}")
+
+        # Isolated requests only: an in-process one would run processfunc in
+        # this process and cut its segments (see callgrind() for those).
+        get(url("isolated", 28), 30)
+        get("/mark")
+        plan.append(("warm-up", 0))
+        get("/mark")
+        plan.append(("marker", 0))
+        for rep in range(2):
+            get(url("isolated", 28), n)
+            get("/mark")
+            plan.append((f"isolated#{rep}", n))
+        conn.close()
+    finally:
+        s.stop()
+    files = glob.glob(prefix + ".*")
+    by_pid = {}
+    for f in files:
+        parts = os.path.basename(f).split(".")
+        # cg.out.<pid>[.<n>]
+        if len(parts) >= 3 and parts[2].isdigit():
+            by_pid.setdefault(int(parts[2]), []).append(f)
+    mine = sorted((f for f in by_pid.get(server_pid, []) if f.rsplit(".", 1)[1].isdigit() and f.count(".") >= 3),
+                  key=lambda f: int(f.rsplit(".", 1)[1]))
+    if len(mine) < len(plan):
+        raise SystemExit(f"callgrind (isolated): {len(mine)} server dumps for {len(plan)} segments in {d}")
+    seg = {}
+    for (label, times), path in zip(plan, mine):
+        seg[label] = {"total": parse_events(path)[1][0], "times": times, "path": path}
+    marker = seg["marker"]["total"]
+
+    def per_req(label):
+        return (seg[label]["total"] - marker) / seg[label]["times"]
+
+    res = {"requests": n}
+    res["isolated_runs"] = [per_req(f"isolated#{r}") for r in range(2)]
+    res["isolated"] = statistics.mean(res["isolated_runs"])
+    inc = {fn: ir / n for ir, fn in inclusive_top(seg["isolated#1"]["path"], 400)}
+    parts = []
+    for label, prefix_fn in ISO_PARTS:
+        hits = [(v, f) for f, v in inc.items() if f.split(" [")[0].startswith(prefix_fn)]
+        if hits:
+            v, f = max(hits)
+            parts.append((label, v, f))
+        else:
+            parts.append((label, None, prefix_fn))
+    res["server_parts"] = parts
+    res["server_top"] = sorted(((v, f) for f, v in inc.items()), reverse=True)[:25]
+    # The worker that served the requests: the process with the most dumps
+    # besides the server (dumps before processfunc, one per request).
+    workers = [(len(v), pid) for pid, v in by_pid.items() if pid != server_pid]
+    if workers:
+        _, wpid = max(workers)
+        dumps = sorted((f for f in by_pid[wpid] if f.count(".") >= 3 and f.rsplit(".", 1)[1].isdigit()),
+                       key=lambda f: int(f.rsplit(".", 1)[1]))
+        # The first dumps hold the worker's start and the script's load.
+        steady = dumps[5:]
+        totals, self_ob, self_fn = [], {}, {}
+        for f in steady:
+            _, tot, fns = parse_events(f)
+            totals.append(tot[0])
+            for (ob, fn), v in fns.items():
+                k = os.path.basename(ob or "?")
+                self_ob[k] = self_ob.get(k, 0) + v[0]
+                kf = f"{fn} [{k}]"
+                self_fn[kf] = self_fn.get(kf, 0) + v[0]
+        if totals:
+            res["worker"] = statistics.median(totals)
+            res["worker_spread"] = [min(totals), max(totals)]
+            res["worker_requests"] = len(totals)
+            res["worker_by_object"] = {k: v / len(totals) for k, v in self_ob.items()}
+            res["worker_top"] = sorted(((v / len(totals), f) for f, v in self_fn.items()), reverse=True)[:15]
+    return res
+
+
+# ---- mixed workload and load shift (issue 12, under LibCGIIsolation) ----
+
+def mixed_lua(hot):
+    """90% of the requests to script `hot`, 10% spread over the other 20."""
+    p = os.path.join(WORK, f"mixed-hot{hot:02d}.lua")
+    cold = [i for i in range(MIXED_SCRIPTS) if i != hot]
+    with open(p, "w") as f:
+        f.write("local n = 0\nlocal cold = {" + ", ".join(str(c) for c in cold) + "}\n"
+                "request = function()\n  n = n + 1\n  local i = " + str(hot) + "\n"
+                "  if n % 10 == 0 then i = cold[(n / 10) % #cold + 1] end\n"
+                "  return wrk.format(\"GET\", string.format(\"/mixed/m%02d.so\", i))\nend\n")
+    return p
+
+
+def mixed_extra(mode):
+    w = WORK
+    # One script per worker: enough workers for 21 scripts and 16
+    # connections, or cold requests would mostly replace workers.
+    return (f"LibCGIIsolationWorkers 48\nAlias /mixed/ {w}/mixed/\n<Directory {w}/mixed>\n    Options +ExecCGI\n    AddHandler libcgi-script .so\n"
+            f"    LibCGIIsolation {mode}\n</Directory>\n<Location /libcgi-status>\n    SetHandler libcgi-status\n"
+            "</Location>\n")
+
+
+def adaptive_available():
+    """Whether this module takes `LibCGIIsolation adaptive` (helper
+    `adaptive`'s branch): a configuration test, no server started."""
+    os.makedirs(os.path.join(WORK, "run-adcheck"), exist_ok=True)
+    conf = os.path.join(WORK, "httpd-adaptive-check.conf")
+    with open(conf, "w") as f:
+        f.write(config("event", free_port(), True, "run-adcheck", mixed_extra("adaptive")))
+    p = subprocess.run(["/usr/sbin/apache2", "-t", "-f", conf], capture_output=True, text=True)
+    return p.returncode == 0, (p.stderr.strip().splitlines() or [""])[-1]
+
+
+def isolated_count(port, mode):
+    """Scripts of /mixed/ running isolated now: the status page's `domain`
+    per script when the module reports it (adaptive), else what the fixed
+    mode says."""
+    try:
+        st, body = fetch(port, "/libcgi-status?json")
+        rows = json.loads(body).get("scripts", []) if st == 200 else []
+    except (OSError, ValueError):
+        rows = []
+    rows = [r for r in rows if "/mixed/" in r.get("script", "")]
+    if rows and all("domain" in r for r in rows):
+        return sum(1 for r in rows if r["domain"] == "process"), "status page"
+    return (MIXED_SCRIPTS if mode == "process" else 0), "fixed mode"
+
+
+def mixed_run(mpm, mode, seconds, hots):
+    """Throughput per second and isolated scripts per second; `hots`: the
+    hot script for each half (one entry: no shift)."""
+    s = Server(mpm, run=f"run-mixed-{mode}", extra=mixed_extra(mode))
+    try:
+        for i in range(MIXED_SCRIPTS):
+            st, body = fetch(s.port, f"/mixed/m{i:02d}.so")
+            if st != 200 or body != body_of(28):
+                raise SystemExit(f"mixed ({mode}): m{i:02d}.so answered {st}")
+        series = []
+        t0 = time.time()
+        for sec in range(seconds):
+            hot = hots[0] if sec < seconds // len(hots) or len(hots) == 1 else hots[1]
+            rps = wrk(s.port, "/", 1, script=mixed_lua(hot))["rps"]
+            n_iso, source = isolated_count(s.port, mode)
+            series.append({"t": round(time.time() - t0, 2), "rps": rps, "isolated": n_iso, "hot": hot,
+                           "source": source})
+        transitions = None
+        try:
+            st, body = fetch(s.port, "/libcgi-status?json")
+            rows = [r for r in json.loads(body).get("scripts", []) if "/mixed/" in r.get("script", "")]
+            if rows and all("transitions" in r for r in rows):
+                transitions = {os.path.basename(r["script"]): r["transitions"] for r in rows}
+                domains = {os.path.basename(r["script"]): r.get("domain") for r in rows}
+                transitions = {"per_script": transitions, "domains": domains}
+        except (OSError, ValueError):
+            pass
+        crashed = [l for l in s.error_log().splitlines() if "exit signal" in l]
+        if crashed:
+            raise SystemExit(f"server processes died: {crashed}")
+        return {"series": series, "transitions": transitions}
+    finally:
+        s.stop()
+
+
+def mixed(mpm):
+    """The mixed workload (1 hot script 90% of requests, 20 cold ones 10%)
+    and the load shift (the hot script changes halfway) under each mode:
+    all in process (the reference), all isolated, and adaptive when the
+    module has it.  The modes alternate within one MPM's run."""
+    ok, why = adaptive_available()
+    modes = ["inprocess", "process"] + (["adaptive"] if ok else [])
+    res = {"modes": modes, "adaptive": ok, "adaptive_why": why, "steady": {}, "shift": {}}
+    for mode in modes:
+        log(f"{mpm}: mixed workload, {mode}")
+        res["steady"][mode] = mixed_run(mpm, mode, MIXED_SECONDS, [0])
+    for mode in modes:
+        log(f"{mpm}: load shift, {mode}")
+        res["shift"][mode] = mixed_run(mpm, mode, SHIFT_SECONDS, [0, 1])
+    return res
+
+
+def mixed_chart(mx, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    mpms = list(mx)
+    fig, axes = plt.subplots(2, 2 * len(mpms), figsize=(6 * 2 * len(mpms), 7), sharex="col")
+    for j, mpm in enumerate(mpms):
+        for k, kind in enumerate(["steady", "shift"]):
+            col = 2 * j + k
+            top, bottom = axes[0][col], axes[1][col]
+            for mode, r in mx[mpm][kind].items():
+                ts = [p["t"] for p in r["series"]]
+                top.plot(ts, [p["rps"] for p in r["series"]], marker=".", label=mode)
+                bottom.step(ts, [p["isolated"] for p in r["series"]], where="post", label=mode)
+            what = "mixed workload (90% to 1 of 21 scripts)" if kind == "steady" else "load shift (hot script changes halfway)"
+            top.set_title(f"{mpm}: {what}", fontsize=9)
+            top.set_ylabel("requests/s (1 s steps)")
+            bottom.set_ylabel("isolated scripts (of 21)")
+            bottom.set_xlabel("seconds")
+            bottom.set_ylim(-1, MIXED_SCRIPTS + 1)
+            if kind == "shift":
+                half = r["series"][len(r["series"]) // 2]["t"]
+                for ax in (top, bottom):
+                    ax.axvline(half, color="grey", linestyle=":")
+            top.grid(alpha=0.3)
+            bottom.grid(alpha=0.3)
+            top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 # ---------------------------------------------------------------- report ---
 
 def machine():
@@ -959,7 +1259,102 @@ def short_fn(name, width=90):
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
-def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
+def transport_section(tr, cg):
+    L = ["", "## Transport of an isolated call", ""]
+    pp = tr.get("pingpong")
+    if pp:
+        L += ["Ping-pong between two processes (`bench/pingpong.c`): microseconds per round trip, median and min-max "
+              f"of {len(pp[0]['us'])} samples. `futex`: a word in shared memory, each side stores, wakes and waits "
+              "(what `LibCGIIsolation process` does); `spin`: the same, polling the word up to 20,000 times before "
+              "each wait; `eventfd`, `pipe`: a pair each way. One CPU: both pinned to the server's CPU (as the "
+              "benchmark pins apache2, its manager and its workers); two CPUs: one on each.", "",
+              "| transport | placement | round trips/sample | us per round trip | min-max |", "|---|---|---:|---:|---|"]
+        for d in pp:
+            L.append(f"| {d['how']} | {d['placement']} | {d['round_trips']:,} | {med(d['us']):.2f} | "
+                     f"{min(d['us']):.2f}-{max(d['us']):.2f} |")
+        L.append("")
+    ci = tr.get("cg_iso")
+    if ci:
+        L += [f"Callgrind, 28 B (`apache2 -X`, prefork, `LibCGIIsolationWorkers 2`; {ci['requests']} requests per "
+              "segment, twice): instructions per request of the server process, isolated vs in process; kernel "
+              "time (the futex syscalls and the two context switches per round trip) is not in these counts.", "",
+              "| 28 B | server process, instructions/request | runs |", "|---|---:|---|"]
+        L.append(f"| in process (the callgrind section above) | {cg['libcgi']:,.0f} | "
+                 f"{' / '.join(f'{x:,.0f}' for x in cg['libcgi_runs'])} |")
+        L.append(f"| isolated (server side) | {ci['isolated']:,.0f} | "
+                 f"{' / '.join(f'{x:,.0f}' for x in ci['isolated_runs'])} |")
+        if "worker" in ci:
+            L.append(f"| isolated (worker side, one whole request cycle) | {ci['worker']:,.0f} | "
+                     f"{ci['worker_spread'][0]:,.0f}-{ci['worker_spread'][1]:,.0f} over {ci['worker_requests']} "
+                     "requests |")
+        L += ["", "Server side by part (inclusive instructions per isolated request; a part's count includes "
+              "what it calls, so the rows overlap; blank: not seen, e.g. inlined):", "",
+              "| part | function | instructions/request |", "|---|---|---:|"]
+        for label, v, f in ci["server_parts"]:
+            L.append(f"| {label} | `{short_fn(f, 70)}` | {'' if v is None else f'{v:,.0f}'} |")
+        if "worker_by_object" in ci:
+            L += ["", "Worker side, self instructions per request by object:", "", "| object | instructions |",
+                  "|---|---:|"]
+            for o, v in sorted(ci["worker_by_object"].items(), key=lambda x: -x[1]):
+                if v >= 10:
+                    L.append(f"| {o} | {v:,.0f} |")
+            L += ["", "Worker side, top functions by self cost:", "", "| function [object] | instructions |",
+                  "|---|---:|"]
+            for v, f in ci["worker_top"]:
+                L.append(f"| `{short_fn(f)}` | {v:,.0f} |")
+        L.append("")
+    return L
+
+
+def mixed_section(mx, png, targets):
+    L = ["", "## Mixed workload and load shift", "",
+         f"{MIXED_SCRIPTS} scripts (copies of the 28 B script), wrk with 16 connections and a Lua generator sending 90% "
+         "of the requests to one hot script and 10% round-robin to the 20 others; throughput and the number of "
+         f"isolated scripts sampled every second ({MIXED_SECONDS} s; the load shift: {SHIFT_SECONDS} s, the hot "
+         "script changes from m00 to m01 halfway); one event or prefork server per mode, `LibCGIIsolationWorkers 48` (a worker serves one script: 21 scripts and 16 connections need more than the default 16). Isolated scripts are read from the status page's `domain` "
+         "where the module reports it (adaptive), else they follow from the fixed mode.", "",
+         f"![mixed workload]({png})", ""]
+    for mpm, r in mx.items():
+        if not r["adaptive"]:
+            L += [f"{mpm}: `LibCGIIsolation adaptive` is not in this build ({r['adaptive_why']}): only the fixed "
+                  "modes ran.", ""]
+        base = None
+        L += [f"{mpm}, mixed workload (requests/s, median over the seconds from 10 s on, or the second half of a short "
+              "run; isolated scripts at the end):", "",
+              "| mode | requests/s | min-max | vs all in process | isolated at the end |", "|---|---:|---|---:|---:|"]
+        for mode, run in r["steady"].items():
+            ser = run["series"]
+            tail = [p for p in ser if p["t"] >= 10] or ser[len(ser) // 2:]
+            v = med([p["rps"] for p in tail])
+            if mode == "inprocess":
+                base = v
+            L.append(f"| {mode} | {v:,.0f} | {spread([p['rps'] for p in tail])} | "
+                     f"{v / base if base else float('nan'):.2f} | {ser[-1]['isolated']} |")
+            if mode == "adaptive" and base:
+                ok = v / base >= 0.9 and all(p["isolated"] >= MIXED_SCRIPTS - 1 for p in tail)
+                targets.append((f"{mpm}: adaptive, mixed workload: >= 0.9 x all in process within 10 s, 20 of 21 "
+                                "isolated", ok, f"{v / base:.2f} x, {min(p['isolated'] for p in tail)} isolated",
+                                "from 10 s on", "na", 0.9, v / base, []))
+        if not r["adaptive"]:
+            targets.append((f"{mpm}: adaptive, mixed workload: >= 0.9 x all in process within 10 s, 20 of 21 "
+                            "isolated", False, "not measured", "LibCGIIsolation adaptive not in this build", "na", 0.9,
+                            0, []))
+        L += ["", f"{mpm}, load shift (requests/s, median per half; isolated scripts at the end of each half; the "
+              "old hot script's domain at the end):", "",
+              "| mode | first half | second half | isolated (1st / 2nd half end) | m00 at the end |",
+              "|---|---:|---:|---:|---|"]
+        for mode, run in r["shift"].items():
+            ser = run["series"]
+            h = len(ser) // 2
+            a, b = ser[:h], ser[h:]
+            end = (run.get("transitions") or {}).get("domains", {}).get("m00.so", "-")
+            L.append(f"| {mode} | {med([p['rps'] for p in a]):,.0f} | {med([p['rps'] for p in b]):,.0f} | "
+                     f"{a[-1]['isolated']} / {b[-1]['isolated']} | {end} |")
+        L.append("")
+    return L
+
+
+def report(results, cg, many, elapsed=None, name=None, machine_desc=None, transport=None, mx=None):
     """Writes <name>.md and <name>.png to RESULTS (name: today's date, or the
     name of the JSON file being re-rendered)."""
     day = datetime.date.today().isoformat()
@@ -1032,6 +1427,26 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
                     ctx += f"; native module itself: {med(paired(ka, 'native', peer, z)):.2f} x"
                 targets.append((f"{mpm}, {fmt_size(z)}: mod_libcgi >= {goal} x {peer}", v >= goal,
                                 f"{v:.2f} x", ctx, peer, goal, v, pr))
+        if "isolated" in PEERS:
+            # Issue 12's targets for the isolated domain, beside the ratios.
+            L += ["Isolated (`LibCGIIsolation process`, the same script) / peer, keep-alive: median of the per-round "
+                  "ratios (min-max), target in brackets:", "",
+                  "| vs | " + " | ".join(fmt_size(z) for z in M_SIZES) + " |", "|---|" + "---:|" * len(M_SIZES)]
+            for peer, goal in [("libcgi", 0.6), ("fcgid", 2.0), ("proxy_fcgi", None), ("cgid", None)]:
+                cells = []
+                for z in M_SIZES:
+                    pr = paired(ka, "isolated", peer, z)
+                    g = f" [>= {goal}]" if goal and z <= 10240 else ""
+                    cells.append(f"{med(pr):.2f}" + (f" ({min(pr):.2f}-{max(pr):.2f})" if len(pr) > 1 else "") + g)
+                L.append(f"| {peer} | " + " | ".join(cells) + " |")
+            L.append("")
+            for peer, goal in [("libcgi", 0.6), ("fcgid", 2.0)]:
+                for z in [z for z in [28, 1024, 10240] if z in M_SIZES]:
+                    pr = paired(ka, "isolated", peer, z)
+                    v = med(pr)
+                    targets.append((f"{mpm}, {fmt_size(z)}: isolated >= {goal} x {'in process' if peer == 'libcgi' else peer}",
+                                    v >= goal, f"{v:.2f} x", f"rounds {min(pr):.2f}-{max(pr):.2f}", f"iso-{peer}", goal,
+                                    v, pr))
         if "libcgi_nometrics" in PEERS:
             # Issue 11: "throughput within noise" of the metrics-off twin.
             # Noise here: the spread of the paired per-round ratios, and at
@@ -1179,6 +1594,12 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
             for f in fs[:15]:
                 a, h, b = i1["native"].get(f, 0), i1["native_hdr"].get(f, 0), i1["libcgi"].get(f, 0)
                 L.append(f"| `{short_fn(f)}` | {a:,.1f} | {h:,.1f} | {b:,.1f} | {b - a:+,.1f} |")
+    if transport:
+        L += transport_section(transport, cg)
+    if mx:
+        mpng = os.path.join(RESULTS, f"{name}.mixed.png")
+        mixed_chart(mx, mpng)
+        L += mixed_section(mx, os.path.basename(mpng), targets)
     L += ["", "## First request, many scripts, memory", "",
           f"First request of a script in a process (open, dlopen, bind the imports, initfunc, then the request): "
           f"**{cg['first']:,.0f} instructions** vs {cg['second']:,.0f} for its second request "
@@ -1229,6 +1650,8 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
     for what, ok, val, ctx, peer, goal, v, pr in targets:
         if peer == "cg":
             by = f"{(goal - v) * 100:+.1f} points"
+        elif peer == "na":
+            by = "-"
         else:
             by = f"{(v / goal - 1) * 100:+.0f}%"
         L.append(f"| {what} | {val} | {verdict(ok)} | {by} | {ctx} |")
@@ -1322,11 +1745,12 @@ def report(results, cg, many, elapsed=None, name=None, machine_desc=None):
     return path, name
 
 
-def dump_json(name, results, cg, many, elapsed, machine_desc):
+def dump_json(name, results, cg, many, elapsed, machine_desc, transport=None, mx=None):
     def keyed(d):
         return {f"{p}/{z}": v for (p, z), v in d.items()}
     with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
         json.dump({"smoke": SMOKE, "elapsed": elapsed, "machine": machine_desc, "callgrind": cg, "many": many,
+                   "transport": transport, "mixed": mx,
                    "throughput": {m: {"ka": keyed(r["ka"]), "close": keyed(r["close"]),
                                       "lat": keyed(r["lat"]), "proxy": r["proxy"]}
                                   for m, r in results.items()}}, f, indent=1)
@@ -1348,7 +1772,8 @@ def from_json(path):
     # Earlier runs may have had fewer peers.
     PEERS = [p for p in PEERS if any(q == p for (q, _) in first["ka"])]
     name = os.path.splitext(os.path.basename(path))[0]
-    return report(results, d["callgrind"], d["many"], d.get("elapsed"), name=name, machine_desc=d.get("machine"))[0]
+    return report(results, d["callgrind"], d["many"], d.get("elapsed"), name=name, machine_desc=d.get("machine"),
+                  transport=d.get("transport"), mx=d.get("mixed"))[0]
 
 
 def main():
@@ -1368,11 +1793,18 @@ def main():
     cg = callgrind()
     log("callgrind: metrics off vs on")
     cg["metrics"] = callgrind_metrics()
+    log("transport: ping-pong")
+    transport = {"pingpong": pingpong()}
+    log("callgrind: an isolated request, server and worker side")
+    transport["cg_iso"] = callgrind_isolated()
     log(f"first request, {MANY} scripts, memory")
     many = first_request_and_many()
+    mx = {}
+    for mpm in MIXED_MPMS:
+        mx[mpm] = mixed(mpm)
     elapsed = time.time() - t0
-    path, name = report(results, cg, many, elapsed, machine_desc=machine_desc)
-    dump_json(name, results, cg, many, elapsed, machine_desc)
+    path, name = report(results, cg, many, elapsed, machine_desc=machine_desc, transport=transport, mx=mx)
+    dump_json(name, results, cg, many, elapsed, machine_desc, transport, mx)
     log(f"report: {path} ({elapsed:.0f} s)")
     print(open(path).read())
 

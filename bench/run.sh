@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole benchmark (about 13 minutes on 2 cores) and writes a dated
+# Runs the whole benchmark (about 20 minutes on 2 cores) and writes a dated
 # report to bench/results/.  `bench/run.sh --smoke` runs every part very
-# briefly (about half a minute plus the build) to show the harness works.
+# briefly (about 90 s plus the build) to show the harness works.
 #
 # Installs what it needs (idempotently, with sudo when not root): apache2,
 # apache2-dev (apxs), wrk, mod_fcgid, libfcgi, spawn-fcgi, valgrind and

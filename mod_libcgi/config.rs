@@ -173,7 +173,7 @@ pub unsafe fn settings(r: *const sys::request_rec) -> Settings {
 
 /// The directive table; Apache keeps a pointer to it.
 #[repr(transparent)]
-pub struct Commands(pub [sys::command_rec; 9]);
+pub struct Commands(pub [sys::command_rec; 11]);
 // SAFETY: the table is immutable and only read by Apache.
 unsafe impl Sync for Commands {}
 
@@ -227,7 +227,15 @@ pub static COMMANDS: Commands = Commands([
         cmd_data: ptr::null_mut(),
         req_override: CONF,
         args_how: sys::cmd_how_TAKE1,
-        errmsg: c"inprocess | process: where scripts of this directory run (default inprocess)".as_ptr(),
+        errmsg: c"inprocess | process | adaptive: where scripts of this directory run (default inprocess)".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIIsolationBudget".as_ptr(),
+        func: sys::cmd_func { take1: Some(crate::isolation::set_budget) },
+        cmd_data: ptr::null_mut(),
+        req_override: sys::RSRC_CONF as c_int,
+        args_how: sys::cmd_how_TAKE1,
+        errmsg: c"percent of the server's CPU the adaptive isolation may cost (default 10)".as_ptr(),
     },
     sys::command_rec {
         name: c"LibCGIIsolationUser".as_ptr(),
@@ -244,6 +252,14 @@ pub static COMMANDS: Commands = Commands([
         req_override: CONF,
         args_how: sys::cmd_how_TAKE3,
         errmsg: c"address space MiB, CPU seconds, open files of an isolated worker (0: no limit)".as_ptr(),
+    },
+    sys::command_rec {
+        name: c"LibCGIIsolationWorkers".as_ptr(),
+        func: sys::cmd_func { take2: Some(crate::isolation::set_workers) },
+        cmd_data: ptr::null_mut(),
+        req_override: sys::RSRC_CONF as c_int,
+        args_how: sys::cmd_how_TAKE12,
+        errmsg: c"workers [seconds]: isolated worker processes (default 16) and how long a request waits for a free one before its 503 (default 10)".as_ptr(),
     },
     sys::command_rec {
         name: ptr::null(),

@@ -150,9 +150,13 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
     };
 
     let cfg = config::settings(r);
-    if let Some(d) = crate::isolation::wanted(r) {
-        return crate::isolation::handle(r, d, ident, input, input_len, &cfg);
-    }
+    let adaptive = match crate::isolation::route(r) {
+        crate::isolation::Route::InProcess => None,
+        crate::isolation::Route::Isolated(d, e) => {
+            return crate::isolation::handle(r, d, e, ident, input, input_len, &cfg, m)
+        }
+        crate::isolation::Route::Promoted(i, e) => Some(crate::isolation::InProcess::start(i, e)),
+    };
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;
     let (script, out) = {
@@ -203,7 +207,12 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
         guard::RETURNED => finish(registry, &script, &mut req, out.rc, name),
         // exit(0) after complete output is a normal end; exit(n) a failure.
         guard::EXITED => finish(registry, &script, &mut req, out.exit_status, name),
-        guard::FAULT | guard::TIMEOUT => faulted(registry, script, &mut req, &out, ident, name, &cfg),
+        guard::FAULT | guard::TIMEOUT => {
+            if let Some(a) = &adaptive {
+                a.faulted();
+            }
+            faulted(registry, script, &mut req, &out, ident, name, &cfg)
+        }
         guard::PANIC => {
             // Not the script's fault (not counted); its call was cut short.
             log::rerror_fmt(

@@ -5,7 +5,8 @@
 //! loaded script's relocations), `guard` and `shim.c` (calls into scripts
 //! under sigsetjmp, the watchdog), `registry` (dlopen/dlsym), `request` and
 //! `env` (the functions scripts call, which get raw pointers from C), `trust`,
-//! `recycle`, `body` and `handler` (Apache's request API).
+//! `recycle`, `surplus`, `body` and `handler` (Apache's request and
+//! scoreboard API).
 
 mod body;
 mod config;
@@ -21,6 +22,7 @@ mod panic;
 mod recycle;
 mod registry;
 mod request;
+mod surplus;
 mod sys;
 mod trust;
 
@@ -84,6 +86,7 @@ unsafe fn child_init_(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
             ),
         );
     }
+    surplus::start();
     if e != 0 {
         log::serror(
             s,

@@ -81,12 +81,31 @@ unsafe fn recycle_now() -> sys::apr_status_t {
         libc::kill(libc::getpid(), libc::SIGUSR1);
         return 0;
     }
-    let server = REGISTRY.get().map_or(ptr::null_mut(), |r| r.server.load(Ordering::Relaxed));
-    log::serror(
-        server,
-        sys::APLOG_NOTICE,
+    stop_accepting(
         "server process exiting to be replaced once its requests are done (LibCGIFaultAction recycle)",
+        "LibCGIFaultAction recycle",
     );
+    0
+}
+
+/// Ends a worker or event process through the MPM's own graceful path
+/// unless a recycle is already under way (for `surplus`, which finds
+/// processes the MPM cannot reach); `why` is logged first.  Whether it did.
+///
+/// # Safety
+/// Only under a threaded MPM, in a server process.
+pub unsafe fn retire(why: &str, label: &'static str) -> bool {
+    if SCHEDULED.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    stop_accepting(why, label);
+    true
+}
+
+/// `label` names the cause in the backstop's line.
+unsafe fn stop_accepting(why: &str, label: &'static str) {
+    let server = REGISTRY.get().map_or(ptr::null_mut(), |r| r.server.load(Ordering::Relaxed));
+    log::serror(server, sys::APLOG_NOTICE, why);
     let buckets = sys::ap_num_listen_buckets;
     if buckets > 1 {
         // The records of buckets after the first are private to listen.c.
@@ -111,7 +130,7 @@ unsafe fn recycle_now() -> sys::apr_status_t {
         ptr::write_volatile(&raw mut (*lr).accept_func, Some(refuse_accept));
         lr = (*lr).next;
     }
-    if let Err(e) = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(backstop) {
+    if let Err(e) = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(move || backstop(label)) {
         // The MPM's graceful path still ends the process, once a connection
         // reaches the refusing listener; the bounds are what is missing.
         log::serror(
@@ -123,7 +142,6 @@ unsafe fn recycle_now() -> sys::apr_status_t {
             ),
         );
     }
-    0
 }
 
 /// Makes the MPM's listener take its graceful-exit path (see the module
@@ -177,7 +195,7 @@ unsafe fn bound() -> Duration {
     Duration::from_micros(t.max(1_000_000) as u64)
 }
 
-fn backstop() {
+fn backstop(label: &str) {
     // SAFETY: reads of the shared scoreboard and of the MPM's settings;
     // _exit ends the process.
     unsafe {
@@ -196,7 +214,7 @@ fn backstop() {
             } else {
                 format!("its requests did not finish within {} s", limit.as_secs())
             };
-            let what = format!("server process exiting now (LibCGIFaultAction recycle): {why}");
+            let what = format!("server process exiting now ({label}): {why}");
             log::serror(server, sys::APLOG_NOTICE, &what);
             if let Some(reg) = REGISTRY.get() {
                 reg.shutdown();

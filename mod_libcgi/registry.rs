@@ -732,6 +732,16 @@ impl Registry {
         drop(removed);
     }
 
+    /// Drops this process's copy of `path`, if loaded (the adaptive policy
+    /// moved the script out); terminatefunc runs when the last request
+    /// holding it ends.
+    pub fn forget(&self, path: &[u8]) {
+        let s = relock(self.paths.read()).get(path).map(|e| e.script.clone());
+        if let Some(s) = s {
+            self.unload(&s);
+        }
+    }
+
     /// Time left in quarantine for this path, if any.  A new file (another
     /// identity) ends the quarantine: it counts as a fix until it faults.
     /// Server-wide when the script has a row of its own in the metrics

@@ -61,6 +61,19 @@ fn bad_values_are_syntax_errors_with_the_reason() {
         ("LibCGIStatusSlots 65537", "LibCGIStatusSlots takes a number of script rows"),
         ("LibCGIStatusSlots 99999999999999999999", "LibCGIStatusSlots takes a number of script rows"),
         ("LibCGIStatusSlots lots", "LibCGIStatusSlots takes a number of script rows"),
+        (
+            "LibCGIIsolationBudget 0",
+            "LibCGIIsolationBudget '0': a percent of the server's CPU above 0 (at least 0.0001) up to 100",
+        ),
+        ("LibCGIIsolationBudget -5", "LibCGIIsolationBudget '-5': a percent"),
+        ("LibCGIIsolationBudget 100.5", "LibCGIIsolationBudget '100.5': a percent"),
+        ("LibCGIIsolationBudget 0.00001", "LibCGIIsolationBudget '0.00001': a percent"),
+        ("LibCGIIsolationBudget nan", "LibCGIIsolationBudget 'nan': a percent"),
+        ("LibCGIIsolationBudget inf", "LibCGIIsolationBudget 'inf': a percent"),
+        ("LibCGIIsolationBudget ten", "LibCGIIsolationBudget 'ten': a percent"),
+        ("LibCGIIsolationBudget 10%", "LibCGIIsolationBudget '10%': a percent"),
+        ("LibCGIIsolationBudget 5 6", "LibCGIIsolationBudget takes one argument"),
+        ("LibCGIIsolation sometimes", "LibCGIIsolation 'sometimes': takes 'inprocess', 'process' or 'adaptive'"),
     ];
     let mut wrong = Vec::new();
     for (line, want) in cases {
@@ -70,6 +83,13 @@ fn bad_values_are_syntax_errors_with_the_reason() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The budget is one for the whole server: refused in a section.
+#[test]
+fn isolation_budget_is_server_wide() {
+    let (ok, out) = configtest("<Directory />\nLibCGIIsolationBudget 5\n</Directory>");
+    assert!(!ok && out.contains("LibCGIIsolationBudget not allowed in <Directory> context"), "{out}");
 }
 
 #[test]
@@ -87,6 +107,10 @@ fn good_values_are_accepted() {
         "LibCGIOwner root",
         "LibCGIStatusSlots 0",
         "LibCGIStatusSlots 65536",
+        "LibCGIIsolationBudget 10",
+        "LibCGIIsolationBudget 0.5",
+        "LibCGIIsolationBudget 100",
+        "LibCGIIsolation adaptive",
     ] {
         let (ok, out) = configtest(line);
         assert!(ok && out.contains("Syntax OK"), "`{line}` refused:\n{out}");

@@ -154,7 +154,14 @@ fn one_call_at_a_time_unless_thread_safe(mpm: Mpm) {
     };
     let serial = run("serial.so");
     assert!(serial.iter().all(|t| t == "max=1"), "a non-thread-safe script ran concurrently: {serial:?}");
-    if mpm != Mpm::Prefork {
+    if !isolation_directive().is_empty() {
+        // Isolated (README "Isolation"): one call at a time per worker
+        // process, thread-safe or not, as per server process under prefork;
+        // the calls are spread over several workers, not serialised
+        // server-wide.
+        let parallel = run("parallel.so");
+        assert!(parallel.iter().all(|t| t == "max=1"), "a worker ran two calls at once: {parallel:?}");
+    } else if mpm != Mpm::Prefork {
         let parallel = run("parallel.so");
         assert!(parallel.iter().any(|t| t != "max=1"), "a thread-safe script never ran in parallel: {parallel:?}");
     }

@@ -1,5 +1,5 @@
 //! Issue 12 phase 1: `LibCGIIsolation process` (the isolated domain), under
-//! prefork and event, against a real apache2.  The rest of the suite runs
+//! prefork, worker and event, against a real apache2.  The rest of the suite runs
 //! isolated with LIBCGI_TEST_ISOLATION=process (README "Isolation").
 
 mod common;
@@ -12,10 +12,18 @@ use std::time::{Duration, Instant};
 /// A server whose libcgi-bin scripts run isolated; setbin stays in process
 /// (the control for the tests that must fail in process).
 fn server(mpm: Mpm, extra: &str) -> Apache {
-    let mut c = Config::new(mpm);
+    server_with(mpm, "", extra)
+}
+
+/// As `server`, with lines for the main server configuration too.
+fn server_with(mpm: Mpm, global: &str, extra: &str) -> Apache {
+    server_in(Config::new(mpm).extra(global), extra)
+}
+
+fn server_in(mut c: Config, extra: &str) -> Apache {
     // <Files>: no filesystem root of its own, so the <Directory> one (for
     // the trust checks) stays in force; setbin/probe has no .so suffix.
-    c.extra = format!("<Files \"*.so\">\n  LibCGIIsolation process\n{extra}\n</Files>\n");
+    c.extra += &format!("<Files \"*.so\">\n  LibCGIIsolation process\n{extra}\n</Files>\n");
     let a = Apache::start(c);
     a.install("t.so", "t", &[]);
     a.install("fault.so", "fault", &[]);
@@ -138,6 +146,9 @@ fn holds_nothing_of_the_server(mpm: Mpm) {
         let target = line.split_once(' ').map(|x| x.1).unwrap_or("");
         assert!(target == "/dev/null" || target.ends_with("/bin/iso.so"), "the worker holds {line:?}; all:\n{fds}");
     }
+    // Of the shared segment, only its own slot (256 KiB): not the header,
+    // not another worker's request.
+    assert_eq!(get_ok(&a, "/libcgi-bin/iso.so?mode=shm").text(), format!("shm={}", 256 * 1024));
     let inproc = get_ok(&a, "/sethandler/probe?mode=fds").text();
     assert!(inproc.contains("socket:") && inproc.contains("error.log"), "the control sees no server fd: {inproc}");
     // A secret only the server process has seen: a request header, of a
@@ -254,7 +265,8 @@ fn kill_worker_under_load(mpm: Mpm) {
 }
 
 /// LibCGIIsolationUser and LibCGIIsolationLimits take effect in the worker;
-/// `adaptive` is a clear configuration error (phase 2).
+/// an unknown mode is a clear configuration error naming it, `adaptive` is
+/// accepted (phase 2, tests/adaptive.rs).
 fn user_and_limits(mpm: Mpm) {
     let a = server(mpm, "  LibCGIIsolationUser nobody nogroup\n  LibCGIIsolationLimits 1024 30 64");
     let id = |n: &str| -> u32 {
@@ -267,15 +279,20 @@ fn user_and_limits(mpm: Mpm) {
         String::from_utf8_lossy(&o.stdout).split(':').nth(2).unwrap().trim().parse::<u32>().unwrap()
     };
     assert_eq!(t, format!("uid={} gid={gid} as={} cpu=30 nofile=64", id("-u"), 1024u64 << 20), "{}", a.error_log());
-    let o = std::process::Command::new(APACHE_BIN)
-        .arg("-t")
-        .arg("-f")
-        .arg(a.dir.join("httpd.conf"))
-        .args(["-c", "LibCGIIsolation adaptive"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("LibCGIIsolation adaptive is not implemented yet"), "{err}");
+    let check = |line: &str| {
+        let o = std::process::Command::new(APACHE_BIN)
+            .arg("-t")
+            .arg("-f")
+            .arg(a.dir.join("httpd.conf"))
+            .args(["-c", line])
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, err) = check("LibCGIIsolation sometimes");
+    assert!(!ok && err.contains("LibCGIIsolation 'sometimes': takes 'inprocess', 'process' or 'adaptive'"), "{err}");
+    let (ok, err) = check("LibCGIIsolation adaptive");
+    assert!(ok, "{err}");
 }
 
 /// A server process killed while it waits for its worker: the manager takes
@@ -307,7 +324,217 @@ fn server_process_death_frees_the_slot(mpm: Mpm) {
     assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
 }
 
-prefork_and_event!(
+/// kill -9 of the manager under load: the Apache parent starts a new one
+/// (APR's other-child report, as mod_cgid's daemon), which starts new
+/// workers; the old workers are gone; only the requests in flight fail.
+fn manager_respawned_under_load(mpm: Mpm) {
+    let a = Arc::new(server(mpm, ""));
+    let m1 = manager(&a);
+    get_ok(&a, "/libcgi-bin/t.so");
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    const CLIENTS: usize = 4;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let until = Instant::now() + Duration::from_secs(20);
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (a, ok, bad, stop) = (a.clone(), ok.clone(), bad.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until && n < 50_000 {
+                    n += 1;
+                    let r = a.get("/libcgi-bin/t.so?mode=lputs");
+                    if r.status == 200 { &ok } else { &bad }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_for("load running", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > 50).then_some(()));
+    let mut old = vec![m1];
+    let mut m = m1;
+    for round in 0..2 {
+        let w = workers(m);
+        assert!(!w.is_empty());
+        // SAFETY: the manager of the server this test started.
+        unsafe { libc::kill(m as i32, libc::SIGKILL) };
+        let m2 = wait_for("a new manager", Duration::from_secs(10), || {
+            kids(a.pid()).into_iter().find(|(p, n)| n == "libcgi-manager" && !old.contains(p)).map(|x| x.0)
+        });
+        wait_for("the old workers gone", Duration::from_secs(10), || w.iter().all(|&p| !alive(p)).then_some(()));
+        let before = ok.load(Ordering::Relaxed);
+        wait_for("requests served by the new manager's workers", Duration::from_secs(10), || {
+            (ok.load(Ordering::Relaxed) > before + 100 && !workers(m2).is_empty()).then_some(())
+        });
+        a.wait_log(&format!("restart {round} logged"), |l| {
+            l.contains(&format!("the isolation manager (pid {m}) died"))
+                && l.contains(&format!("started again as pid {m2}"))
+        });
+        old.push(m2);
+        m = m2;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    // Each kill costs at most one request per client: the one in flight.
+    assert!(bad <= 2 * CLIENTS, "{bad} requests failed for 2 manager deaths, {CLIENTS} clients\n{}", a.error_log());
+    assert!(ok > 200, "only {ok} requests served");
+    assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
+    // Only the current manager is left, with its own workers.
+    let managers: Vec<u32> = kids(a.pid()).into_iter().filter(|(_, n)| n == "libcgi-manager").map(|x| x.0).collect();
+    assert_eq!(managers, vec![m]);
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+/// LibCGIIsolationWorkers sets the number of workers; when every one is
+/// busy a request waits the configured time, then gets 503 and one log line.
+fn all_workers_busy(mpm: Mpm) {
+    // Prefork: enough server processes for three requests at once.
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2 1");
+    c.servers = 4;
+    let a = Arc::new(server_in(c, "  LibCGITimeout 8"));
+    let m = manager(&a);
+    wait_for("two workers", Duration::from_secs(10), || (workers(m).len() == 2).then_some(()));
+    let sleepers: Vec<_> = (0..2)
+        .map(|i| {
+            let mark = a.dir.join(format!("busy{i}.pid"));
+            fs::write(&mark, "").unwrap();
+            fs::set_permissions(&mark, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+            let a2 = a.clone();
+            let path = format!("/libcgi-bin/iso.so?mode=sleep&f={}", mark.display());
+            (mark, std::thread::spawn(move || a2.get(&path).status))
+        })
+        .collect();
+    for (mark, _) in &sleepers {
+        wait_for("a sleeper running", Duration::from_secs(10), || fs::read_to_string(mark).ok()?.parse::<u32>().ok());
+    }
+    let t0 = Instant::now();
+    let r = a.get("/libcgi-bin/t.so");
+    let waited = t0.elapsed();
+    assert_eq!(r.status, 503, "{r:?}\n{}", a.error_log());
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "waited {waited:?}");
+    let log = a.wait_log("the busy line", |l| l.contains("t.so: all 2 isolated workers busy for 1 s"));
+    assert_eq!(log.lines().filter(|l| l.contains("isolated workers busy")).count(), 1, "{log}");
+    for (_, t) in sleepers {
+        assert_eq!(t.join().unwrap(), 500, "the sleepers end at LibCGITimeout");
+    }
+    // Free again: served.
+    assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
+}
+
+/// More scripts than workers under load: slots change hands (a worker serves
+/// one script, so another script's request has it replaced) and every
+/// request is still answered exactly; no worker is killed mid-request.
+fn more_scripts_than_workers(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
+    c.servers = 4;
+    let a = Arc::new(server_in(c, ""));
+    for i in 0..3 {
+        fs::copy(a.bin.join("t.so"), a.bin.join(format!("t{i}.so"))).unwrap();
+    }
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_secs(4);
+    let threads: Vec<_> = (0..4)
+        .map(|k| {
+            let (a, bad) = (a.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while Instant::now() < until && n < 2000 {
+                    let r = a.get(&format!("/libcgi-bin/t{}.so", (n + k) % 3));
+                    if r.status != 200 || r.text() != "hello v0" {
+                        bad.lock().unwrap().push(r.status);
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let served: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let bad = bad.lock().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {served} requests failed: {:?}\n{}",
+        bad.len(),
+        &bad[..bad.len().min(20)],
+        a.error_log()
+    );
+    assert!(served > 50, "only {served} requests");
+    assert!(!a.error_log().contains("isolated worker"), "{}", a.error_log());
+}
+
+/// Bad LibCGIIsolationWorkers values are refused at configuration time,
+/// naming the value.
+fn workers_directive_checked(mpm: Mpm) {
+    let a = server(mpm, "");
+    for (line, want) in [
+        ("LibCGIIsolationWorkers 0", "LibCGIIsolationWorkers '0'"),
+        ("LibCGIIsolationWorkers 257", "LibCGIIsolationWorkers '257'"),
+        ("LibCGIIsolationWorkers many", "LibCGIIsolationWorkers 'many'"),
+        ("LibCGIIsolationWorkers 4 0", "wait for a free worker '0'"),
+        ("LibCGIIsolationWorkers 4 soon", "wait for a free worker 'soon'"),
+        ("<Directory /tmp>\nLibCGIIsolationWorkers 4\n</Directory>", "not allowed"),
+    ] {
+        let conf = a.dir.join("check.conf");
+        let main = fs::read_to_string(a.dir.join("httpd.conf")).unwrap();
+        fs::write(&conf, format!("{main}\n{line}\n")).unwrap();
+        let o = std::process::Command::new(APACHE_BIN).arg("-t").arg("-f").arg(&conf).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{line:?}: {err}");
+    }
+}
+
+/// An environment larger than the slot's buffer (big request headers, as
+/// LimitRequestFieldSize allows) reaches the worker whole, in pieces.
+fn large_environment_in_pieces(mpm: Mpm) {
+    let a = server_with(mpm, "LimitRequestFieldSize 65536", "");
+    let mut req = Request::get("/libcgi-bin/iso.so?mode=envsum");
+    let mut want = String::new();
+    for i in 0..6u32 {
+        let v: String = (0..60_000u32).map(|k| (b'a' + ((k * 7 + i) % 26) as u8) as char).collect();
+        let sum: u64 = v.bytes().map(u64::from).sum();
+        want += &format!("HTTP_X_BIG{i} {} {sum}\n", v.len());
+        req = req.header(&format!("X-Big{i}"), &v);
+    }
+    let r = a.send(req);
+    assert_eq!(r.status, 200, "{}", a.error_log());
+    let t = r.text();
+    let mut lines: Vec<&str> = t.lines().filter(|l| l.starts_with("HTTP_X_BIG")).collect();
+    lines.sort();
+    assert_eq!(lines.join("\n") + "\n", want);
+    // And with a body behind it, which follows the environment's pieces.
+    let body = vec![b'q'; 300_000];
+    let mut req = Request::post("/libcgi-bin/t.so?mode=echo", &body);
+    for i in 0..5 {
+        req = req.header(&format!("X-Big{i}"), &"z".repeat(60_000));
+    }
+    assert_eq!(a.send(req).status, 200, "{}", a.error_log());
+    assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
+}
+
+/// Quarantine holds for isolated scripts as in process: after
+/// LibCGIMaxFaults faults the script gets 503 with Retry-After, logged once.
+fn quarantine_isolated(mpm: Mpm) {
+    let a = server(mpm, "  LibCGIMaxFaults 2 60");
+    for _ in 0..2 {
+        assert_eq!(a.get("/libcgi-bin/fault.so?mode=segv").status, 500);
+    }
+    let r = a.get("/libcgi-bin/fault.so");
+    assert_eq!(r.status, 503, "{r:?}\n{}", a.error_log());
+    assert!(r.header("Retry-After").is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s > 0 && s <= 60)), "{r:?}");
+    let log = a.wait_log("the quarantine line", |l| l.contains("fault.so: quarantined for 60 s after 2 faults"));
+    assert_eq!(log.matches("quarantined for").count(), 1, "{log}");
+    // Other scripts are not affected.
+    assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
+}
+
+per_mpm!(
+    manager_respawned_under_load,
+    more_scripts_than_workers,
+    all_workers_busy,
+    workers_directive_checked,
+    large_environment_in_pieces,
+    quarantine_isolated,
     workers_die_with_the_manager,
     conditional_status_as_in_process,
     server_process_death_frees_the_slot,

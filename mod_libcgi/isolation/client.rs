@@ -8,6 +8,7 @@
 use super::transport::{self, Ident, Segment, Slot, DATA, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use crate::config::Settings;
 use crate::log;
+use crate::metrics;
 use crate::request::{self, Active, Phase, Request};
 use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -19,11 +20,17 @@ const HTTP_INTERNAL_SERVER_ERROR: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_i
 const HTTP_SERVICE_UNAVAILABLE: c_int = sys::HTTP_SERVICE_UNAVAILABLE as c_int;
 
 /// How long a request waits for a free worker before it gets a 503.
-const CLAIM_WAIT: Duration = Duration::from_secs(10);
+fn claim_wait(seg: &Segment) -> Duration {
+    Duration::from_millis(seg.header().claim_wait_ms.into())
+}
 
 struct Held<'a> {
     seg: &'a Segment,
     slot: &'a mut Slot,
+    /// The worker this thread had killed to take its slot: the request
+    /// waits for the next one (the old one may still turn IDLE, finishing
+    /// its last request, before the kill reaches it).
+    replaced: i32,
 }
 
 impl Drop for Held<'_> {
@@ -37,7 +44,7 @@ impl Drop for Held<'_> {
 /// worker of the right identity, else any free one, whose worker the manager
 /// then replaces.
 fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
-    let deadline = Instant::now() + CLAIM_WAIT;
+    let deadline = Instant::now() + claim_wait(seg);
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
         let (mut fresh, mut other) = (None, None);
@@ -61,7 +68,6 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
         }
         for (i, replace) in [(fresh, false), (other, true)] {
             if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
-                h.slot.script = script;
                 return Some(h);
             }
         }
@@ -79,23 +85,24 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
     // SAFETY: getpid has no preconditions.  (One syscall per request: a
     // per-process cache would go stale across the MPM's forks.)
     s.owner_pid.store(unsafe { libc::getpid() }, Ordering::Release);
+    let mut replaced = 0;
     if replace {
         s.want = want;
-        if s.pid.load(Ordering::Acquire) > 0 {
-            // The server thread waits until the new worker is IDLE.
+        let p = s.pid.load(Ordering::Acquire);
+        if p > 0 {
+            // The server thread waits until a new worker is IDLE.
             let _ = s.state.compare_exchange(transport::IDLE, EMPTY, Ordering::AcqRel, Ordering::Acquire);
             s.kill.store(1, Ordering::Release);
+            replaced = p;
         }
         transport::ring(&seg.header().doorbell);
     }
-    Some(Held { seg, slot: s })
+    Some(Held { seg, slot: s, replaced })
 }
 
 fn script_key(path: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    h.finish() | 1
+    // The policy's key: the manager finds a worker's script by it.
+    super::policy::key(path)
 }
 
 /// Appends `b` and a NUL at `at`; false when it does not fit.
@@ -109,30 +116,50 @@ fn put(d: &mut [u8], at: &mut usize, b: &[u8]) -> bool {
     true
 }
 
-/// Runs the script of `r` in a worker; the handler's return value.
+/// Runs the script of `r` in a worker; the handler's return value.  On one
+/// request in `SAMPLE`, `cross` gets the CPU cost of its crossings in ns:
+/// this thread's CPU time from handing the request over to "done", less its
+/// time pushing output down the filter chain (which the in-process path
+/// pays too), plus the worker's CPU time outside processfunc; not when the
+/// call loaded the script or did not end normally.
 ///
 /// # Safety
 /// `r` is the live request; `input` its body (NUL-terminated) or null.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     seg: &Segment,
     r: *mut sys::request_rec,
-    file: [i64; 5],
+    ident: crate::registry::FileIdent,
     input: *mut c_char,
     input_len: usize,
     cfg: &Settings,
     want: Ident,
+    m: &mut metrics::Req,
+    mslot: u32,
+    cross: &mut Option<u64>,
 ) -> c_int {
     let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
-    let Some(held) = claim(seg, want, script_key(CStr::from_ptr((*r).filename).to_bytes())) else {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: no isolated worker free within {CLAIM_WAIT:?}"));
+    let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
+    let Some(held) = claim(seg, want, key) else {
+        let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!("{name}: all {n} isolated workers busy for {w} s (LibCGIIsolationWorkers); 503"),
+        );
         return HTTP_SERVICE_UNAVAILABLE;
     };
     // SAFETY: the slot outlives `held`; after `held` drops (the slot is
     // released) it is no longer touched.
     let s = &mut *(held.slot as *mut Slot);
     // Wait for the worker to be ready (a fresh one starts in a millisecond).
-    let ready = Instant::now() + CLAIM_WAIT;
-    while s.state.load(Ordering::Acquire) != IDLE {
+    let ready = Instant::now() + claim_wait(seg);
+    // (The manager marks a reaped worker's slot before it clears its pid, so
+    // a slot that is IDLE under another pid than the replaced one has a
+    // live worker.)
+    let replaced = held.replaced;
+    while s.state.load(Ordering::Acquire) != IDLE || (replaced != 0 && s.pid.load(Ordering::Acquire) == replaced) {
         let st = s.state.load(Ordering::Acquire);
         if Instant::now() >= ready {
             log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));
@@ -144,32 +171,49 @@ pub unsafe fn run(
         }
         transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
     }
+    // One request in SAMPLE measures the crossing cost (CPU time).
+    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    let sample = N.with(|n| {
+        n.set(n.get().wrapping_add(1));
+        n.get() % transport::SAMPLE == 1
+    });
+    let cpu_call = if sample { transport::thread_cpu_ns() } else { 0 };
+    let mut cpu_out = 0u64;
+    // Marked only now: a manager that starts the slot's new worker marks it
+    // fresh (0), and this worker is about to load this script.
+    s.script = key;
     // The environment mod_cgi would give the process, built by Apache.
     sys::ap_add_common_vars(r);
     sys::ap_add_cgi_vars(r);
-    let mut envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
-    let mut at = 0;
-    let fits = put(&mut s.data, &mut at, CStr::from_ptr((*r).filename).to_bytes()) && {
-        let mut ok = true;
-        while !(*envp).is_null() {
-            ok &= put(&mut s.data, &mut at, CStr::from_ptr(*envp).to_bytes());
-            envp = envp.add(1);
-        }
-        ok && put(&mut s.data, &mut at, b"")
-    };
-    if !fits {
-        log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the request's environment exceeds {DATA} bytes"));
-        return HTTP_INTERNAL_SERVER_ERROR;
-    }
+    let envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
+    let path = CStr::from_ptr((*r).filename).to_bytes();
     let body: &[u8] = if input.is_null() { &[] } else { std::slice::from_raw_parts(input as *const u8, input_len) };
+    // The path and environment straight into the slot; an environment
+    // larger than the buffer (Apache accepts LimitRequestFields times
+    // LimitRequestFieldSize of headers) goes in pieces the worker asks for,
+    // as the body does.
+    let mut at = 0;
+    let mut head_rest: Vec<u8> = Vec::new();
+    if !put_env(&mut s.data, &mut at, path, envp) {
+        let mut all = vec![0u8; env_len(path, envp)];
+        at = 0;
+        put_env(&mut all, &mut at, path, envp);
+        s.data.copy_from_slice(&all[..DATA]);
+        head_rest = all.split_off(DATA);
+        at = DATA;
+    }
+    let head = at + head_rest.len();
     let first = body.len().min(DATA - at);
     s.data[at..at + first].copy_from_slice(&body[..first]);
     let mut sent = first;
+    let mut head_sent = 0;
     s.op = transport::OP_REQ;
     s.len = (at + first) as u64;
+    s.head = head as u64;
     s.total = input_len as u64;
     s.has_body = u32::from(!input.is_null());
-    s.file = file;
+    s.file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
+    s.sample = u32::from(sample);
     s.phase.store(0, Ordering::Relaxed);
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
     let mut req = Request::new(r, input_len);
@@ -178,7 +222,7 @@ pub unsafe fn run(
     // thread, for the request in `req`.
     let _active = Active::enter(reqp);
     if !transport::pass(&s.state, IDLE, TO_WORKER) {
-        return died(seg, s, reqp, &name, cfg, "died before the call");
+        return died(seg, s, reqp, &name, m, mslot, "died before the call");
     }
     loop {
         let st = transport::wait_change(&s.state, TO_WORKER, deadline);
@@ -192,11 +236,17 @@ pub unsafe fn run(
                 let t = cfg.timeout.unwrap_or_default();
                 let end = Instant::now() + Duration::from_secs(10);
                 while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
-                return died(seg, s, reqp, &name, cfg, &format!("timed out after {} s", t.as_secs_f64()));
+                count_fault(r, s, ident, cfg);
+                metrics::isolated_fault(mslot, 0, true);
+                return died(seg, s, reqp, &name, m, mslot, &format!("timed out after {} s", t.as_secs_f64()));
             }
-            _ => return died(seg, s, reqp, &name, cfg, "crashed"),
+            _ => {
+                count_fault(r, s, ident, cfg);
+                return died(seg, s, reqp, &name, m, mslot, "crashed");
+            }
         }
         let out = (s.len as usize).min(DATA);
+        let c_o = if sample { transport::thread_cpu_ns() } else { 0 };
         if out > 0 {
             request::rs_lwrite(s.data.as_ptr() as *const c_void, out);
         }
@@ -206,16 +256,22 @@ pub unsafe fn run(
                 if s.arg & transport::OUT_FLUSH != 0 {
                     rc = request::rs_lflush();
                 }
+                if sample {
+                    cpu_out += transport::thread_cpu_ns() - c_o;
+                }
                 let refused = matches!((*reqp).phase, Phase::BadHeaders | Phase::ClientGone);
                 s.op = transport::OP_ACK;
                 s.arg = if refused || rc < 0 { -1 } else { 0 };
             }
             transport::OP_NEED_BODY => {
-                let n = (body.len() - sent).min(DATA);
-                s.data[..n].copy_from_slice(&body[sent..sent + n]);
+                let h = (head_rest.len() - head_sent).min(DATA);
+                s.data[..h].copy_from_slice(&head_rest[head_sent..head_sent + h]);
+                head_sent += h;
+                let n = (body.len() - sent).min(DATA - h);
+                s.data[h..h + n].copy_from_slice(&body[sent..sent + n]);
                 sent += n;
                 s.op = transport::OP_BODY;
-                s.len = n as u64;
+                s.len = (h + n) as u64;
             }
             transport::OP_GET_HOST => {
                 let h = request::rs_get_remote_host();
@@ -236,6 +292,21 @@ pub unsafe fn run(
                 return HTTP_INTERNAL_SERVER_ERROR;
             }
             transport::OP_DONE => {
+                m.isolated_done();
+                if sample && s.loaded == 0 {
+                    let now = transport::thread_cpu_ns();
+                    let server = (now - cpu_call).saturating_sub(cpu_out + (now - c_o));
+                    *cross = Some(server + s.worker_cpu_ns);
+                    log::rlog!(
+                        r,
+                        APLOG_DEBUG,
+                        "{name}: crossing cost {server} ns here + {} ns in the worker",
+                        s.worker_cpu_ns
+                    );
+                }
+                if s.arg == crate::guard::EXITED {
+                    metrics::isolated_exit(mslot);
+                }
                 let rc = s.rc;
                 let pid = s.pid.load(Ordering::Relaxed);
                 if s.loaded != 0 {
@@ -254,22 +325,67 @@ pub unsafe fn run(
             _ => {
                 s.kill.store(1, Ordering::Release);
                 transport::ring(&seg.header().doorbell);
-                return died(seg, s, reqp, &name, cfg, "broke the protocol");
+                return died(seg, s, reqp, &name, m, mslot, "broke the protocol");
             }
         }
         if !transport::pass(&s.state, TO_SERVER, TO_WORKER) {
-            return died(seg, s, reqp, &name, cfg, "crashed");
+            count_fault(r, s, ident, cfg);
+            return died(seg, s, reqp, &name, m, mslot, "crashed");
         }
+    }
+}
+
+/// Appends the path and the environment (each NUL-terminated, an empty
+/// string at the end); false when they do not fit.
+unsafe fn put_env(d: &mut [u8], at: &mut usize, path: &[u8], mut envp: *mut *mut c_char) -> bool {
+    if !put(d, at, path) {
+        return false;
+    }
+    while !(*envp).is_null() {
+        if !put(d, at, CStr::from_ptr(*envp).to_bytes()) {
+            return false;
+        }
+        envp = envp.add(1);
+    }
+    put(d, at, b"")
+}
+
+unsafe fn env_len(path: &[u8], mut envp: *mut *mut c_char) -> usize {
+    let mut n = path.len() + 2;
+    while !(*envp).is_null() {
+        n += CStr::from_ptr(*envp).to_bytes().len() + 1;
+        envp = envp.add(1);
+    }
+    n
+}
+
+/// A crash or timeout of the script itself (not the manager's death)
+/// counts towards its quarantine, as in process.
+unsafe fn count_fault(r: *mut sys::request_rec, s: &Slot, ident: crate::registry::FileIdent, cfg: &Settings) {
+    if s.died.load(Ordering::Acquire) != transport::MANAGER_DIED {
+        super::count_fault(r, ident, cfg);
     }
 }
 
 /// The worker died in the call (or was killed at its deadline).
 #[cold]
 #[inline(never)]
-unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg: &Settings, what: &str) -> c_int {
+unsafe fn died(
+    seg: &Segment,
+    s: &mut Slot,
+    req: *mut Request,
+    name: &str,
+    m: &mut metrics::Req,
+    mslot: u32,
+    what: &str,
+) -> c_int {
     let req = &mut *req;
     let r = req.r;
+    m.isolated_done();
     let st = s.died.load(Ordering::Acquire);
+    if libc::WIFSIGNALED(st) && !what.starts_with("timed out") {
+        metrics::isolated_fault(mslot, libc::WTERMSIG(st), false);
+    }
     let how = if libc::WIFSIGNALED(st) {
         format!("signal {}", libc::WTERMSIG(st))
     } else {
@@ -278,12 +394,12 @@ unsafe fn died(seg: &Segment, s: &mut Slot, req: *mut Request, name: &str, _cfg:
     let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
     let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
     transport::ring(&seg.header().doorbell);
-    log::rerror(
-        r,
-        sys::APLOG_ERR,
-        0,
-        &format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced"),
-    );
+    let msg = if st == transport::MANAGER_DIED {
+        format!("{name}: {func} cut off: the isolation manager died, and its workers with it; worker replaced")
+    } else {
+        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced")
+    };
+    log::rerror(r, sys::APLOG_ERR, 0, &msg);
     req.discard_body();
     if (*r).sent_bodyct == 0 {
         return HTTP_INTERNAL_SERVER_ERROR;

@@ -87,13 +87,71 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
     libc::_exit(0);
 }
 
+/// The manager died, and its workers with it (PDEATHSIG), in the Apache
+/// parent before it forks the next one: a request in flight sees DEAD (its
+/// server thread answers 500 and frees the slot), an idle slot turns EMPTY,
+/// and no slot names a worker that is gone (its number may be reused).
+///
+/// # Safety
+/// `seg` is the live segment.
+pub unsafe fn orphaned(seg: &Segment) {
+    for i in 0..seg.nslots() {
+        let s = &mut *seg.slot(i);
+        s.died.store(transport::MANAGER_DIED, Ordering::Release);
+        s.kill.store(0, Ordering::Release);
+        loop {
+            let cur = s.state.load(Ordering::Acquire);
+            let to = match cur {
+                TO_WORKER | TO_SERVER => DEAD,
+                IDLE => EMPTY,
+                _ => break,
+            };
+            if transport::pass(&s.state, cur, to) {
+                break;
+            }
+        }
+        // After the state, as when a worker is reaped.
+        s.pid.store(0, Ordering::Release);
+    }
+    transport::ring(&seg.header().released);
+}
+
 unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> {
     (0..seg.nslots()).map(|i| &mut *seg.slot(i)).find(|s| s.pid.load(Ordering::Acquire) == pid)
+}
+
+/// A line in the main error log (the manager's stderr is it), in Apache's
+/// format, when LogLevel allows info for this module.
+fn info(t: &super::policy::Table, msg: &str) {
+    if t.loglevel < crate::sys::APLOG_INFO as i32 {
+        return;
+    }
+    // SAFETY: time, localtime_r and strftime write into the buffers given;
+    // write(2) on stderr.
+    unsafe {
+        let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+        libc::gettimeofday(&mut tv, std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&tv.tv_sec, &mut tm);
+        let mut b = [0u8; 64];
+        let n = libc::strftime(b.as_mut_ptr() as *mut libc::c_char, b.len(), c"%a %b %d %H:%M:%S".as_ptr(), &tm);
+        let mut y = [0u8; 8];
+        let ny = libc::strftime(y.as_mut_ptr() as *mut libc::c_char, y.len(), c"%Y".as_ptr(), &tm);
+        let line = format!(
+            "[{}.{:06} {}] [libcgi:info] [pid {}] mod_libcgi: {msg}\n",
+            String::from_utf8_lossy(&b[..n]),
+            tv.tv_usec,
+            String::from_utf8_lossy(&y[..ny]),
+            libc::getpid()
+        );
+        libc::write(2, line.as_ptr() as *const libc::c_void, line.len());
+    }
 }
 
 unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
+    let mut eval = super::policy::Evaluator::new();
     loop {
         let seen = h.doorbell.load(Ordering::Acquire);
         if TERM.load(Ordering::SeqCst) {
@@ -135,9 +193,10 @@ unsafe fn run(seg: &'static Segment) {
             }
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
-                s.pid.store(0, Ordering::Release);
                 // An idle worker is simply replaced; one in a request is
-                // marked dead for the server thread that waits on it.
+                // marked dead for the server thread that waits on it.  The
+                // state first, then the pid: a server thread that sees the
+                // pid gone must not still see the dead worker's IDLE.
                 loop {
                     let cur = s.state.load(Ordering::Acquire);
                     let to = match cur {
@@ -149,6 +208,7 @@ unsafe fn run(seg: &'static Segment) {
                         break;
                     }
                 }
+                s.pid.store(0, Ordering::Release);
             }
         }
         for i in 0..seg.nslots() {
@@ -175,8 +235,22 @@ unsafe fn run(seg: &'static Segment) {
             if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
                 spawn(seg, s, me);
             }
+            // A worker the policy retired (its script went in process) has
+            // been replaced: the slot is free for server threads again.
+            if s.owner_pid.load(Ordering::Acquire) == me && s.script == 0 && s.pid.load(Ordering::Acquire) > 0 {
+                s.owner_pid.store(0, Ordering::Release);
+                s.owner.store(0, Ordering::Release);
+                transport::ring(&h.released);
+            }
         }
-        transport::wait(&h.doorbell, seen, Some(std::time::Instant::now() + transport::SECOND));
+        let mut until = std::time::Instant::now() + transport::SECOND;
+        if h.policy.adaptive != 0 {
+            if std::time::Instant::now() >= eval.next {
+                eval.run(&h.policy, seg, me, &|m| info(&h.policy, m));
+            }
+            until = until.min(eval.next);
+        }
+        transport::wait(&h.doorbell, seen, Some(until));
     }
 }
 

@@ -38,12 +38,17 @@ pub const OP_ACK: u32 = 3;
 pub const OP_HOST: u32 = 4;
 // Worker -> server thread.  Each carries `len` bytes of output first.
 pub const OP_OUT: u32 = 10;
+/// More input: the rest of the environment block, then of the body.
 pub const OP_NEED_BODY: u32 = 11;
 pub const OP_GET_HOST: u32 = 12;
 /// The call ended: arg is a guard kind (RETURNED, EXITED), rc its code.
 pub const OP_DONE: u32 = 13;
 /// The script could not be loaded; the message is in the buffer.
 pub const OP_LOADFAIL: u32 = 14;
+
+/// `died` of every slot after the manager itself died (its workers die
+/// with it): not a wait status.
+pub const MANAGER_DIED: i32 = i32::MIN;
 
 /// arg of OP_OUT: push the output to the client now (lflush).
 pub const OUT_FLUSH: i32 = 1;
@@ -68,8 +73,12 @@ pub struct Header {
     pub released: AtomicU32,
     pub nslots: u32,
     pub nidents: u32,
+    /// How long a request waits for a free slot (LibCGIIsolationWorkers).
+    pub claim_wait_ms: u32,
     /// The identities the manager accepts from a slot's `want`.
     pub idents: [Ident; MAX_IDENTS],
+    /// The adaptive policy's script table (workers do not map it).
+    pub policy: super::policy::Table,
 }
 
 #[repr(C, align(4096))]
@@ -95,6 +104,10 @@ pub struct Slot {
     pub arg: i32,
     pub rc: i32,
     pub len: u64,
+    /// OP_REQ: the length of the path and environment block, which may be
+    /// longer than the first message (the rest follows as input, before the
+    /// body).
+    pub head: u64,
     /// OP_REQ: the body's whole length, and whether there is one.
     pub total: u64,
     pub has_body: u32,
@@ -107,11 +120,22 @@ pub struct Slot {
     /// What the worker is running, for the message if it dies: 1 initfunc,
     /// 2 processfunc.
     pub phase: AtomicU32,
+    /// OP_REQ: measure this request's crossing cost (one in `SAMPLE`).
+    pub sample: u32,
+    /// OP_DONE, when sampled: the worker's CPU ns for this request outside
+    /// processfunc (reading the request, building `environ`, answering).
+    pub worker_cpu_ns: u64,
     pub data: [u8; DATA],
 }
 
 pub struct Segment {
+    /// The header, page-aligned (the slots' layout and the worker's unmap
+    /// of the others' slots need it; APR's base is not: it keeps its own
+    /// size word in front).
     pub base: *mut u8,
+    /// The whole mapping as APR made it.
+    pub map: *mut u8,
+    pub map_len: usize,
 }
 
 // SAFETY: the segment is shared memory accessed only through atomics and the
@@ -122,6 +146,15 @@ unsafe impl Sync for Segment {}
 impl Segment {
     pub fn size(nslots: usize) -> usize {
         std::mem::size_of::<Header>() + nslots * std::mem::size_of::<Slot>()
+    }
+    /// What to ask APR for: room to align the header to a page.
+    pub fn alloc_size(nslots: usize) -> usize {
+        Self::size(nslots) + PAGE
+    }
+    /// Lays the segment out in the memory APR gave.
+    pub fn new(apr_base: *mut u8, apr_len: usize) -> Segment {
+        let base = (apr_base as usize).next_multiple_of(PAGE) as *mut u8;
+        Segment { base, map: apr_base, map_len: apr_len }
     }
     pub fn header(&self) -> &Header {
         // SAFETY: base points at a mapped segment laid out by `size`.
@@ -196,5 +229,20 @@ pub fn ring(word: &AtomicU32) {
     word.fetch_add(1, Ordering::AcqRel);
     wake(word);
 }
+
+/// One request in this many measures its crossing cost (CPU time on both
+/// sides: seven clock reads that are syscalls).
+pub const SAMPLE: u32 = 8;
+
+/// CPU time of the calling thread in ns (wall time would count the run
+/// queue of a loaded machine as the cost of a crossing).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub const PAGE: usize = 4096;
 
 pub const SECOND: Duration = Duration::from_secs(1);

@@ -240,8 +240,10 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     super::supervisor::die_with_parent(manager);
     // Of the segment, the worker keeps only its own slot: a script cannot
     // read or write another worker's request, nor the header.
-    let start = seg.base as usize;
-    let end = start + transport::Segment::size(seg.nslots());
+    // The whole mapping, page-rounded: munmap takes pages, and APR's own
+    // size word sits in the first one.
+    let start = (seg.map as usize) & !(transport::PAGE - 1);
+    let end = (seg.map as usize + seg.map_len).next_multiple_of(transport::PAGE);
     let mine = slot as usize;
     let slot_len = std::mem::size_of::<Slot>();
     libc::munmap(start as *mut c_void, mine - start);
@@ -251,6 +253,7 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     guard::libcgi_set_api(&WORKER_API);
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
+    let mut bufs = Bufs::default();
     // Ready: the server thread that waits for this slot may go on.
     transport::pass(&s.state, transport::EMPTY, IDLE);
     let mut sa: libc::sigaction = std::mem::zeroed();
@@ -272,7 +275,7 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
         if s.op != transport::OP_REQ {
             die();
         }
-        serve(s, &mut scripts);
+        serve(s, &mut scripts, &mut bufs);
     }
 }
 
@@ -282,56 +285,77 @@ extern "C" fn on_term(_: c_int) {
     TERM.store(true, Ordering::Relaxed);
 }
 
-/// Reads one NUL-terminated string at `*at`.
-fn take<'a>(d: &'a [u8], at: &mut usize) -> &'a [u8] {
-    let rest = &d[*at..];
-    let n = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    *at += n + 1;
-    &rest[..n]
+/// A worker's request buffers, kept from one request to the next (no
+/// allocation per request once they are large enough).
+#[derive(Default)]
+struct Bufs {
+    /// The path and the environment, NUL-terminated strings as the server
+    /// wrote them: `environ` points into it.  A copy, because the slot's
+    /// buffer carries the output while the script still reads variables.
+    head: Vec<u8>,
+    envp: Vec<*mut c_char>,
+    body: Vec<u8>,
 }
 
-unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
+unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bufs) {
+    let sample = s.sample != 0;
+    let cpu0 = if sample { transport::thread_cpu_ns() } else { 0 };
     let len = (s.len as usize).min(DATA);
-    let d = &s.data[..len];
-    let mut at = 0;
-    let path = take(d, &mut at).to_vec();
-    let mut env: Vec<CString> = Vec::new();
-    loop {
-        let e = take(d, &mut at);
-        if e.is_empty() {
-            break;
-        }
-        env.push(CString::new(e).unwrap_or_default());
-    }
+    let head = s.head as usize;
     let total = s.total as usize;
     let has_body = s.has_body != 0;
-    let mut body: Vec<u8> = Vec::with_capacity(if has_body { total + 1 } else { 0 });
-    body.extend_from_slice(&d[at.min(len)..]);
     let mut c = Call { slot: s, out: 0, refused: false, input_len: total, host: CString::default() };
-    while body.len() < total {
+    // An environment larger than one message: the rest of it comes first,
+    // then the body (the first message is all of it almost always).
+    b.head.clear();
+    b.body.clear();
+    let first = &c.slot().data[..len];
+    b.head.extend_from_slice(&first[..head.min(len)]);
+    b.body.extend_from_slice(&first[head.min(len)..]);
+    while b.head.len() < head {
         c.round_trip(transport::OP_NEED_BODY, 0);
         let s = c.slot();
-        let n = (s.len as usize).min(DATA).min(total - body.len());
-        body.extend_from_slice(&s.data[..n]);
+        let n = (s.len as usize).min(DATA);
+        let h = n.min(head - b.head.len());
+        b.head.extend_from_slice(&s.data[..h]);
+        b.body.extend_from_slice(&s.data[h..n]);
     }
-    body.push(0);
+    while b.body.len() < total {
+        c.round_trip(transport::OP_NEED_BODY, 0);
+        let s = c.slot();
+        let n = (s.len as usize).min(DATA).min(total - b.body.len());
+        b.body.extend_from_slice(&s.data[..n]);
+    }
+    b.body.truncate(total);
+    b.body.push(0);
     // The request's environment is the process's: getenv anywhere sees it.
-    let mut envp: Vec<*mut c_char> = env.iter().map(|e| e.as_ptr() as *mut c_char).collect();
-    envp.push(std::ptr::null_mut());
-    environ = envp.as_mut_ptr();
+    b.envp.clear();
+    let base = b.head.as_mut_ptr();
+    let path_len = CStr::from_bytes_until_nul(&b.head).map_or(b.head.len(), |p| p.to_bytes().len());
+    let mut at = path_len + 1;
+    while at < b.head.len() {
+        let n = CStr::from_bytes_until_nul(&b.head[at..]).map_or(0, |e| e.to_bytes().len());
+        if n == 0 {
+            break;
+        }
+        b.envp.push(base.add(at) as *mut c_char);
+        at += n + 1;
+    }
+    b.envp.push(std::ptr::null_mut());
+    environ = b.envp.as_mut_ptr();
     CALL = &mut c;
+    let path = &b.head[..path_len.min(b.head.len())];
     let file = (*c.slot).file;
-    let key = path.clone();
-    if scripts.get(&key).is_some_and(|l| l.file != file) {
-        scripts.remove(&key);
+    if scripts.get(path).is_some_and(|l| l.file != file) {
+        scripts.remove(path);
     }
     (*c.slot).loaded = 0;
-    if !scripts.contains_key(&key) {
+    if !scripts.contains_key(path) {
         (*c.slot).loaded = 1;
         (*c.slot).phase.store(1, Ordering::Release);
-        match load(&path, file) {
+        match load(path, file) {
             Ok(l) => {
-                scripts.insert(key.clone(), l);
+                scripts.insert(path.to_vec(), l);
             }
             Err((msg, fault)) => {
                 CALL = std::ptr::null_mut();
@@ -347,11 +371,13 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
             }
         }
     }
-    let loaded = &scripts[&key];
+    let loaded = &scripts[path];
     let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
-    let input = if has_body { body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
+    let input = if has_body { b.body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
+    let cpu1 = if sample { transport::thread_cpu_ns() } else { 0 };
     let out = guard::call(process as *const c_void, guard::CALL_INT_STR, input, None, &*code);
+    let cpu2 = if sample { transport::thread_cpu_ns() } else { 0 };
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
@@ -359,12 +385,12 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>) {
     };
     let sl = c.slot();
     sl.rc = rc;
+    sl.worker_cpu_ns = if sample { (cpu1 - cpu0) + (transport::thread_cpu_ns() - cpu2) } else { 0 };
     c.round_trip(transport::OP_DONE, kind);
     environ = std::ptr::null_mut();
-    drop(envp);
     // The server thread's answer to DONE: 0 keep the script, 1 unload it.
     if c.slot().arg == 1 {
-        scripts.remove(&key);
+        scripts.remove(path);
     }
     (*c.slot).served.fetch_add(1, Ordering::Relaxed);
     transport::pass(&c.slot().state, TO_WORKER, IDLE);

@@ -17,7 +17,10 @@ mod record;
 mod segment;
 mod snapshot;
 
-pub use record::{discard_callback_time, header_parse_done, loaded, quarantined, reloaded, slot_for, unloaded, Req};
+pub use record::{
+    discard_callback_time, header_parse_done, isolated_exit, isolated_fault, loaded, quarantined, reloaded, slot_for,
+    unloaded, Req,
+};
 
 use crate::log;
 use crate::sys;

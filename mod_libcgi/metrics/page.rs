@@ -248,8 +248,39 @@ fn json_hist(o: &mut String, h: &Hist) {
     o.push_str("]}");
 }
 
+/// The script's domain (issue 12): where it runs now, how it got there.
+fn domain_of(sc: &snapshot::Script) -> crate::isolation::View {
+    crate::isolation::view(sc.name.as_bytes())
+}
+
+/// Requests and seconds per domain: the policy's counts, or all of the
+/// script's own in its one fixed domain.
+fn split_of(sc: &snapshot::Script, v: &crate::isolation::View) -> [(u64, f64); 2] {
+    v.split.unwrap_or([(sc.c.requests, sc.total_ns() as f64 / 1e9), (0, 0.0)])
+}
+
+fn json_domain(o: &mut String, sc: &snapshot::Script) {
+    let v = domain_of(sc);
+    let [(ir, is), (pr, ps)] = split_of(sc, &v);
+    let _ = write!(
+        o,
+        "\"isolation\":\"{}\",\"domain\":\"{}\",\"transitions\":{{\"promote\":{},\"demote\":{}}},\"cooling_down\":{},\
+         \"domains\":{{\"inprocess\":{{\"requests\":{ir},\"seconds\":{}}},\"process\":{{\"requests\":{pr},\"seconds\":{}}}}},",
+        v.mode,
+        v.domain,
+        v.promote,
+        v.demote,
+        v.cooling,
+        num(is),
+        num(ps)
+    );
+}
+
 fn json_script(o: &mut String, sc: &snapshot::Script) {
     let _ = write!(o, "{{\"script\":{},\"other\":{},", esc_json(sc.label()), sc.other);
+    if !sc.other && !sc.name.is_empty() && sc.name != "(all)" {
+        json_domain(o, sc);
+    }
     json_counters(o, &sc.c);
     match sc.last_fault {
         Some((t, sig, pid, addr)) => {
@@ -296,7 +327,18 @@ pub fn json(s: &Snapshot) -> String {
     for (i, b) in segment::BOUNDS_NS.iter().enumerate() {
         let _ = write!(o, "{}{}", if i > 0 { "," } else { "" }, num(*b as f64 / 1e9));
     }
-    o.push_str("],\"totals\":");
+    o.push(']');
+    if let Some((budget, over, evals, cpu)) = crate::isolation::policy_view() {
+        let _ = write!(
+            o,
+            ",\"adaptive\":{{\"budget_percent\":{},\"overhead_percent\":{},\"evaluations\":{evals},\
+             \"evaluator_cpu_seconds\":{}}}",
+            num(budget),
+            num(over),
+            num(cpu)
+        );
+    }
+    o.push_str(",\"totals\":");
     json_script(&mut o, &s.totals);
     o.push_str(",\"scripts\":[");
     for (i, sc) in s.scripts.iter().enumerate() {
@@ -379,6 +421,33 @@ pub fn prometheus(s: &Snapshot) -> String {
     simple!("libcgi_recycles_total", "counter", "Process recycles after its faults.", |sc: &snapshot::Script| sc
         .c
         .recycles);
+    let named = |sc: &snapshot::Script| !sc.other && !sc.name.is_empty();
+    family(&mut o, "libcgi_isolated", "gauge", "1 while the script runs in isolated workers.", &|o, sc, l| {
+        if named(sc) {
+            let _ = writeln!(o, "libcgi_isolated{{script=\"{l}\"}} {}", u8::from(domain_of(sc).domain == "process"));
+        }
+    });
+    family(
+        &mut o,
+        "libcgi_transitions_total",
+        "counter",
+        "Domain changes of the adaptive policy (promote: into the server processes).",
+        &|o, sc, l| {
+            if named(sc) {
+                let v = domain_of(sc);
+                let _ = writeln!(o, "libcgi_transitions_total{{script=\"{l}\",direction=\"promote\"}} {}", v.promote);
+                let _ = writeln!(o, "libcgi_transitions_total{{script=\"{l}\",direction=\"demote\"}} {}", v.demote);
+            }
+        },
+    );
+    family(&mut o, "libcgi_domain_requests_total", "counter", "Requests by the domain they ran in.", &|o, sc, l| {
+        if named(sc) {
+            let v = domain_of(sc);
+            let [(ir, _), (pr, _)] = split_of(sc, &v);
+            let _ = writeln!(o, "libcgi_domain_requests_total{{script=\"{l}\",domain=\"inprocess\"}} {ir}");
+            let _ = writeln!(o, "libcgi_domain_requests_total{{script=\"{l}\",domain=\"process\"}} {pr}");
+        }
+    });
     family(
         &mut o,
         "libcgi_last_fault_timestamp_seconds",
@@ -471,9 +540,23 @@ fn html_row(o: &mut String, sc: &snapshot::Script, bold: bool) {
     let (b0, b1) = if bold { ("<b>", "</b>") } else { ("", "") };
     let c = &sc.c;
     let h = &sc.h[P_TOTAL];
+    let dom = if bold || sc.other {
+        String::new()
+    } else {
+        let v = domain_of(sc);
+        let [(ir, _), (pr, _)] = split_of(sc, &v);
+        format!(
+            "{} ({}{}; +{} -{}; {ir} in process, {pr} isolated)",
+            v.domain,
+            v.mode,
+            if v.cooling { ", cooling down" } else { "" },
+            v.promote,
+            v.demote
+        )
+    };
     let _ = writeln!(
         o,
-        "<tr><td class=\"name\">{b0}{}{b1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+        "<tr><td class=\"name\">{b0}{}{b1}</td><td>{dom}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
          <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         esc_html(sc.label()),
         c.requests,
@@ -518,7 +601,7 @@ pub fn html(s: &Snapshot) -> String {
     for p in 0..4 {
         let _ = write!(o, "<span style=\"background:{}\"></span>{}", COLORS[p], PHASES[p]);
     }
-    o.push_str("</p>\n<h2>Scripts (by total time)</h2>\n<table><tr><th>script</th><th>requests</th><th>in flight</th>\
+    o.push_str("</p>\n<h2>Scripts (by total time)</h2>\n<table><tr><th>script</th><th>domain</th><th>requests</th><th>in flight</th>\
          <th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th>503 quarantine</th><th>faults</th><th>timeouts</th>\
          <th>loads</th><th>failed loads</th><th>p50</th><th>p90</th><th>p99</th><th>total time</th><th>phases</th></tr>\n");
     html_row(&mut o, &s.totals, true);

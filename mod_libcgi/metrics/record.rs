@@ -240,6 +240,15 @@ impl Req {
         }
     }
 
+    /// An isolated call ended (or its worker died): the script phase is
+    /// the whole call as the server thread saw it.
+    #[inline]
+    pub fn isolated_done(&mut self) {
+        if self.on() {
+            self.t_proc = now_ns();
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn outcome(&self, out: &guard::Outcome, path: &CStr, recycle: bool) {
@@ -438,6 +447,33 @@ pub fn unloaded(slot: u32, path: &CStr) {
         s.procs(proc_slot()).unloads.fetch_add(1, Ordering::Relaxed);
     }
     probes::unload(path.as_ptr());
+}
+
+/// An isolated worker died in processfunc (`signo`) or was killed at its
+/// deadline (`timeout`).  Counted for the script only: the server process
+/// was not touched.
+#[cold]
+pub fn isolated_fault(slot: u32, signo: i32, timeout: bool) {
+    let Some(s) = seg() else { return };
+    let e = s.events(slot as usize);
+    if timeout {
+        e.timeouts.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let k = segment::FAULT_KINDS.iter().position(|&(_, sig)| sig == signo).unwrap_or(segment::FAULT_KINDS.len() - 1);
+    e.faults[k].fetch_add(1, Ordering::Relaxed);
+    // SAFETY: apr_time_now has no preconditions.
+    e.last_fault_us.store(unsafe { sys::apr_time_now() } as u64, Ordering::Relaxed);
+    e.last_fault_signal.store(signo as u64, Ordering::Relaxed);
+    e.last_fault_pid.store(0, Ordering::Relaxed);
+    e.last_fault_addr.store(u64::MAX, Ordering::Relaxed);
+}
+
+#[cold]
+pub fn isolated_exit(slot: u32) {
+    if let Some(s) = seg() {
+        s.events(slot as usize).exits.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub fn quarantined(path: &CStr) {

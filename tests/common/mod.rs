@@ -189,6 +189,8 @@ pub struct Config {
     pub env: Vec<(String, String)>,
     /// Another build of the module (a test feature's) instead of the usual.
     pub module: Option<PathBuf>,
+    /// Load mod_libcgi (false: Apache alone, to tell its behaviour from ours).
+    pub libcgi: bool,
 }
 
 impl Config {
@@ -202,6 +204,7 @@ impl Config {
             cgid: false,
             env: Vec::new(),
             module: None,
+            libcgi: true,
         }
     }
     pub fn extra(mut self, s: &str) -> Config {
@@ -368,8 +371,10 @@ impl Apache {
             writeln!(c, "LoadModule cgid_module {m}/mod_cgid.so\nScriptSock {d}/run/cgid.sock").unwrap();
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
-        let module = cfg.module.clone().unwrap_or_else(server_module_path);
-        writeln!(c, "LoadModule libcgi_module {}", module.display()).unwrap();
+        if cfg.libcgi {
+            let module = cfg.module.clone().unwrap_or_else(server_module_path);
+            writeln!(c, "LoadModule libcgi_module {}", module.display()).unwrap();
+        }
         writeln!(
             c,
             r#"<Directory />
@@ -399,7 +404,7 @@ Alias /tiny/ {d}/bin/
 <Location /libcgi-bin/nopathinfo.so>
   AcceptPathInfo Off
 </Location>"#,
-            iso = isolation_directive()
+            iso = if cfg.libcgi { isolation_directive() } else { String::new() }
         )
         .unwrap();
         if cfg.cgid {

@@ -1,0 +1,434 @@
+//! The adaptive policy (`LibCGIIsolation adaptive`, issue 12 phase 2): per
+//! script, server-wide, whether it runs isolated or in the server processes.
+//!
+//! - **Where the decision lives.** A table of script entries in the header
+//!   of the isolation segment (which every server process and the manager
+//!   map; workers unmap it).  An entry's `domain` word is read once per
+//!   request, at its start: a request finishes in the domain it started in.
+//!   It is written by the evaluator, and by a server thread in exactly one
+//!   case: an in-process fault demotes the script at once (a CAS), without
+//!   waiting for the next evaluation.
+//! - **Who evaluates.** The isolation manager, every `TICK`: it is single
+//!   and server-wide already, single-threaded, holds no request data, and
+//!   outlives server processes; a thread in the Apache parent would make the
+//!   parent multi-threaded before it forks.
+//! - **The estimate.** Per script: the request rate (isolated plus in
+//!   process, exponentially smoothed) times the cost of one crossing,
+//!   sampled on one isolated request in 8 as CPU time: the server thread's
+//!   from handing the request over to "done" less its time pushing output
+//!   down the filter chain (which the in-process path pays too), plus the
+//!   worker's outside processfunc (smoothed, frozen while the script is in
+//!   process).  Wall time would count the run queue of a loaded machine.  Their sum over the isolated adaptive
+//!   scripts is the estimated isolation overhead, in CPU-seconds per second,
+//!   against `LibCGIIsolationBudget` percent of the CPUs the server may use.
+//! - **Hysteresis.** Promote, costliest first, while the overhead is above
+//!   the budget (the high watermark); demote a promoted script only if the
+//!   overhead with it back out stays under half the budget (the low
+//!   watermark); no script changes domain twice within `DWELL`.
+//! - **Faults.** A fault or timeout in process demotes at once; the script
+//!   then stays isolated for `COOL_DOWN`.  Faults while isolated change
+//!   nothing (the worker is replaced; the server processes are not touched).
+
+use super::transport::{self, Segment};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ENTRIES: usize = 256;
+pub const PATH_MAX: usize = 448;
+
+/// `domain`: the script runs in a worker.
+pub const ISOLATED: u32 = 0;
+/// `domain`: the script runs in the server processes.
+pub const INPROCESS: u32 = 1;
+/// `mode`: `LibCGIIsolation process`, never changed.
+pub const FIXED: u32 = 1;
+/// `mode`: `LibCGIIsolation adaptive`.
+pub const ADAPTIVE: u32 = 2;
+
+const FREE: u32 = 0;
+const CLAIMING: u32 = 1;
+const READY: u32 = 2;
+
+pub const TICK: Duration = Duration::from_millis(250);
+pub const DWELL: Duration = Duration::from_secs(2);
+pub const COOL_DOWN: Duration = Duration::from_secs(10);
+/// The low watermark as a share of the budget.
+const LOW: f64 = 0.5;
+/// Evaluations in a row over the budget before a promotion (750 ms).
+const SUSTAINED: u32 = 3;
+/// Weight of the newest tick in the smoothed rate and cost.
+const ALPHA: f64 = 0.4;
+
+/// Read by every request of the script; written at transitions only.
+#[repr(C, align(64))]
+pub struct Hot {
+    pub state: AtomicU32,
+    pub domain: AtomicU32,
+    pub mode: AtomicU32,
+    pub len: u32,
+    pub key: u64,
+    /// The script's row in the metrics segment plus one (0: not known yet).
+    pub metrics_slot: AtomicU32,
+}
+
+/// Rare: transitions and in-process faults.
+#[repr(C, align(64))]
+pub struct Rare {
+    pub promotions: AtomicU64,
+    pub demotions: AtomicU64,
+    /// In-process faults and timeouts, counted by the server threads.
+    pub faults: AtomicU64,
+    /// Unix ms until which the script stays isolated (for the page).
+    pub cool_until_ms: AtomicU64,
+}
+
+/// Written by every request of the domain it ran in.
+#[repr(C, align(64))]
+pub struct Counts {
+    pub reqs: AtomicU64,
+    pub ns: AtomicU64,
+    /// Isolated only: crossing cost samples and their sum.
+    pub cross_n: AtomicU64,
+    pub cross_ns: AtomicU64,
+}
+
+#[repr(C)]
+pub struct Entry {
+    pub hot: Hot,
+    pub rare: Rare,
+    pub iso: Counts,
+    pub inproc: Counts,
+    pub path: [u8; PATH_MAX],
+}
+
+#[repr(C, align(64))]
+pub struct Table {
+    /// Non-zero when some directory says `adaptive`: the manager evaluates.
+    pub adaptive: u32,
+    /// LibCGIIsolationBudget in millionths of the server's CPU.
+    pub budget_ppm: u32,
+    pub ncpu: u32,
+    /// The manager logs transitions at info when this is >= APLOG_INFO.
+    pub loglevel: i32,
+    pub full: AtomicU64,
+    /// The evaluator's own cost: evaluations, CPU ns spent in them.
+    pub evals: AtomicU64,
+    pub eval_cpu_ns: AtomicU64,
+    /// Estimated isolation overhead at the last evaluation, ppm of the CPU.
+    pub overhead_ppm: AtomicU64,
+    pub entries: [Entry; ENTRIES],
+}
+
+/// FNV-1a, `| 1` so that 0 stays "no script" (a worker's `script`).
+pub fn key(path: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &c in path {
+        h = (h ^ c as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h | 1
+}
+
+impl Table {
+    /// The entry of `path`, made (isolated) on first sight; None when the
+    /// table is full (the script then stays isolated).
+    pub fn entry(&self, path: &[u8], mode: u32) -> Option<(usize, &Entry)> {
+        let k = key(path);
+        let start = (k % ENTRIES as u64) as usize;
+        let plen = path.len().min(PATH_MAX);
+        for n in 0..ENTRIES {
+            let i = (start + n) % ENTRIES;
+            let e = &self.entries[i];
+            let mut st = e.hot.state.load(Ordering::Acquire);
+            if st == FREE {
+                match e.hot.state.compare_exchange(FREE, CLAIMING, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        // SAFETY: the CAS made this entry ours until READY;
+                        // nobody reads its plain fields before then.
+                        unsafe {
+                            let ep = e as *const Entry as *mut Entry;
+                            (*ep).hot.key = k;
+                            (*ep).hot.len = plen as u32;
+                            (&mut (*ep).path)[..plen].copy_from_slice(&path[..plen]);
+                        }
+                        e.hot.domain.store(ISOLATED, Ordering::Relaxed);
+                        e.hot.mode.store(mode, Ordering::Relaxed);
+                        e.hot.state.store(READY, Ordering::Release);
+                        return Some((i, e));
+                    }
+                    Err(s) => st = s,
+                }
+            }
+            let mut spins = 0;
+            while st == CLAIMING && spins < 100_000 {
+                std::thread::yield_now();
+                st = e.hot.state.load(Ordering::Acquire);
+                spins += 1;
+            }
+            if st == READY && e.hot.key == k && e.hot.len as usize == plen && e.path[..plen] == path[..plen] {
+                // A directory may change its mode across a graceful restart.
+                if e.hot.mode.load(Ordering::Relaxed) != mode {
+                    e.hot.mode.store(mode, Ordering::Relaxed);
+                    if mode == FIXED {
+                        e.hot.domain.store(ISOLATED, Ordering::Relaxed);
+                    }
+                }
+                return Some((i, e));
+            }
+        }
+        self.full.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// The entry of `path` if it has one (the status page).
+    pub fn find(&self, path: &[u8]) -> Option<&Entry> {
+        let k = key(path);
+        let start = (k % ENTRIES as u64) as usize;
+        let plen = path.len().min(PATH_MAX);
+        for n in 0..ENTRIES {
+            let e = &self.entries[(start + n) % ENTRIES];
+            match e.hot.state.load(Ordering::Acquire) {
+                FREE => return None,
+                READY if e.hot.key == k && e.hot.len as usize == plen && e.path[..plen] == path[..plen] => {
+                    return Some(e)
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+impl Entry {
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.path[..(self.hot.len as usize).min(PATH_MAX)]).into_owned()
+    }
+}
+
+/// The evaluator's memory of one entry (the manager's own).
+#[derive(Clone, Default)]
+struct Track {
+    seen_reqs: u64,
+    seen_cross_n: u64,
+    seen_cross_ns: u64,
+    seen_faults: u64,
+    /// Requests per second, smoothed.
+    rate: f64,
+    /// Seconds per crossing, smoothed; 0 until measured.
+    cost: f64,
+    /// The last transition.
+    since: Option<Instant>,
+    /// Consecutive evaluations that found it isolated and the overhead
+    /// over the budget: a promotion needs `SUSTAINED` of them, so that the
+    /// noisy first samples of a new script (one tick, a worker's first
+    /// wake-ups) promote nothing.
+    over: u32,
+    /// Promoted by this evaluator (and not demoted since).
+    inproc: bool,
+    cool_until: Option<Instant>,
+}
+
+pub struct Evaluator {
+    tracks: Vec<Track>,
+    last: Instant,
+    pub next: Instant,
+}
+
+impl Evaluator {
+    pub fn new() -> Evaluator {
+        let now = Instant::now();
+        Evaluator { tracks: vec![Track::default(); ENTRIES], last: now, next: now + TICK }
+    }
+
+    /// One evaluation; `log` writes a line to the error log at info level.
+    pub fn run(&mut self, t: &Table, seg: &Segment, me: libc::pid_t, log: &dyn Fn(&str)) {
+        let cpu0 = transport::thread_cpu_ns();
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64().max(1e-3);
+        self.last = now;
+        self.next = now + TICK;
+        let capacity = t.ncpu.max(1) as f64;
+        let budget = t.budget_ppm as f64 / 1e6 * capacity;
+        let pct = |x: f64| x / capacity * 100.0;
+        // (index, overhead in CPU-s/s) of adaptive scripts by domain.
+        let mut isolated: Vec<(usize, f64)> = Vec::new();
+        let mut promoted: Vec<(usize, f64)> = Vec::new();
+        for (i, e) in t.entries.iter().enumerate() {
+            if e.hot.state.load(Ordering::Acquire) != READY {
+                continue;
+            }
+            let tr = &mut self.tracks[i];
+            // First seen now: the dwell time holds from here, as after a
+            // transition.
+            let tr_new = tr.since.is_none() && tr.seen_reqs == 0 && tr.seen_cross_n == 0;
+            if tr_new {
+                tr.since = Some(now);
+            }
+            let reqs = e.iso.reqs.load(Ordering::Relaxed) + e.inproc.reqs.load(Ordering::Relaxed);
+            let (cn, cns) = (e.iso.cross_n.load(Ordering::Relaxed), e.iso.cross_ns.load(Ordering::Relaxed));
+            let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
+            tr.rate =
+                if tr.since.is_none() && tr.seen_reqs == 0 { inst } else { ALPHA * inst + (1.0 - ALPHA) * tr.rate };
+            if cn > tr.seen_cross_n {
+                let sample = cns.saturating_sub(tr.seen_cross_ns) as f64 / 1e9 / (cn - tr.seen_cross_n) as f64;
+                tr.cost = if tr.cost == 0.0 { sample } else { ALPHA * sample + (1.0 - ALPHA) * tr.cost };
+            }
+            tr.seen_reqs = reqs;
+            tr.seen_cross_n = cn;
+            tr.seen_cross_ns = cns;
+            if e.hot.mode.load(Ordering::Relaxed) != ADAPTIVE {
+                continue;
+            }
+            let over = tr.rate * tr.cost;
+            let faults = e.rare.faults.load(Ordering::Acquire);
+            if faults != tr.seen_faults {
+                tr.seen_faults = faults;
+                // The server thread that saw the fault has demoted it already
+                // (or it was isolated by then): the cool-down starts now.
+                let was_in = e.hot.domain.swap(ISOLATED, Ordering::AcqRel) == INPROCESS || tr.inproc;
+                if was_in {
+                    e.rare.demotions.fetch_add(1, Ordering::Relaxed);
+                }
+                tr.inproc = false;
+                tr.since = Some(now);
+                tr.cool_until = Some(now + COOL_DOWN);
+                e.rare.cool_until_ms.store(unix_ms() + COOL_DOWN.as_millis() as u64, Ordering::Relaxed);
+                log(&format!(
+                    "{}: demoted to isolated after a fault in process (rate {:.1}/s x {:.1} us per crossing = {:.3}% \
+                     of server CPU; budget {:.3}%); isolated for {} s",
+                    e.name(),
+                    tr.rate,
+                    tr.cost * 1e6,
+                    pct(over),
+                    pct(budget),
+                    COOL_DOWN.as_secs()
+                ));
+                continue;
+            }
+            if tr.cool_until.is_some_and(|c| now < c) {
+                continue;
+            }
+            if tr.cool_until.take().is_some() {
+                e.rare.cool_until_ms.store(0, Ordering::Relaxed);
+            }
+            if e.hot.domain.load(Ordering::Acquire) == INPROCESS {
+                promoted.push((i, over));
+            } else {
+                isolated.push((i, over));
+            }
+        }
+        let mut total: f64 = isolated.iter().map(|x| x.1).sum();
+        for &(i, over) in &isolated {
+            let tr = &mut self.tracks[i];
+            tr.over = if total > budget && over > 0.0 { tr.over + 1 } else { 0 };
+        }
+        let settled = |tr: &Track| tr.since.is_none_or(|s| now.duration_since(s) >= DWELL);
+        if total > budget {
+            isolated.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for &(i, over) in &isolated {
+                if total <= budget || over <= 0.0 {
+                    break;
+                }
+                if !settled(&self.tracks[i]) || self.tracks[i].over < SUSTAINED {
+                    continue;
+                }
+                let e = &t.entries[i];
+                if e.hot.domain.compare_exchange(ISOLATED, INPROCESS, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    continue;
+                }
+                e.rare.promotions.fetch_add(1, Ordering::Relaxed);
+                let tr = &mut self.tracks[i];
+                tr.since = Some(now);
+                tr.inproc = true;
+                log(&format!(
+                    "{}: promoted into the server processes (rate {:.1}/s x {:.1} us per crossing = {:.3}% of server \
+                     CPU; isolated overhead {:.3}% > budget {:.3}%)",
+                    e.name(),
+                    tr.rate,
+                    tr.cost * 1e6,
+                    pct(over),
+                    pct(total),
+                    pct(budget)
+                ));
+                total -= over;
+            }
+        } else {
+            promoted.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for &(i, over) in &promoted {
+                if total + over > budget * LOW {
+                    break;
+                }
+                if !settled(&self.tracks[i]) {
+                    continue;
+                }
+                let e = &t.entries[i];
+                if e.hot.domain.compare_exchange(INPROCESS, ISOLATED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    continue;
+                }
+                e.rare.demotions.fetch_add(1, Ordering::Relaxed);
+                let tr = &mut self.tracks[i];
+                tr.since = Some(now);
+                tr.inproc = false;
+                log(&format!(
+                    "{}: demoted to isolated (rate {:.1}/s x {:.1} us per crossing = {:.3}% of server CPU; isolated \
+                     overhead with it {:.3}% <= low watermark {:.3}% (budget {:.3}%))",
+                    e.name(),
+                    tr.rate,
+                    tr.cost * 1e6,
+                    pct(over),
+                    pct(total + over),
+                    pct(budget * LOW),
+                    pct(budget)
+                ));
+                total += over;
+            }
+        }
+        t.overhead_ppm.store((total / capacity * 1e6) as u64, Ordering::Relaxed);
+        self.retire(t, seg, me);
+        t.evals.fetch_add(1, Ordering::Relaxed);
+        t.eval_cpu_ns.fetch_add(transport::thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
+    }
+
+    /// Workers that hold a script now in process drop it (terminatefunc
+    /// runs there): an idle one is taken (owner set to the manager, so no
+    /// server thread claims it), sent SIGTERM, and released once replaced.
+    fn retire(&self, t: &Table, seg: &Segment, me: libc::pid_t) {
+        for i in 0..seg.nslots() {
+            // SAFETY: slots live as long as the segment; `owner` decides who
+            // may touch the rest of a slot.
+            let s = unsafe { &mut *seg.slot(i) };
+            if s.owner.load(Ordering::Acquire) != 0 || s.script == 0 {
+                continue;
+            }
+            let promoted = t.find_key(s.script).is_some_and(|e| e.hot.domain.load(Ordering::Relaxed) == INPROCESS);
+            let pid = s.pid.load(Ordering::Acquire);
+            if !promoted || pid <= 0 || s.state.load(Ordering::Acquire) != transport::IDLE {
+                continue;
+            }
+            if s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            s.owner_pid.store(me, Ordering::Release);
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
+impl Table {
+    fn find_key(&self, k: u64) -> Option<&Entry> {
+        let start = (k % ENTRIES as u64) as usize;
+        for n in 0..ENTRIES {
+            let e = &self.entries[(start + n) % ENTRIES];
+            match e.hot.state.load(Ordering::Acquire) {
+                FREE => return None,
+                READY if e.hot.key == k => return Some(e),
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
