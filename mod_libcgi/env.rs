@@ -87,7 +87,11 @@ fn lookup(req: &mut Request, name: *const c_char) -> *mut c_char {
 // environment and writes are refused: the server's own environment is shared
 // by every script and thread of the process.
 
-pub unsafe extern "C" fn libcgi_getenv(name: *const c_char) -> *mut c_char {
+unsafe fn getenv_impl(name: *const c_char) -> *mut c_char {
+    #[cfg(feature = "fault-injection")]
+    if !name.is_null() && CStr::from_ptr(name) == c"LIBCGI_PANIC" {
+        panic!("fault injection: getenv(\"LIBCGI_PANIC\")");
+    }
     match current() {
         Some(req) => lookup(req, name),
         None => libc::getenv(name),
@@ -99,14 +103,14 @@ unsafe extern "C" {
     fn secure_getenv(name: *const c_char) -> *mut c_char;
 }
 
-pub unsafe extern "C" fn libcgi_secure_getenv(name: *const c_char) -> *mut c_char {
+unsafe fn secure_getenv_impl(name: *const c_char) -> *mut c_char {
     match current() {
         Some(req) => lookup(req, name),
         None => secure_getenv(name),
     }
 }
 
-pub unsafe extern "C" fn libcgi_setenv(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int {
+unsafe fn setenv_impl(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;
@@ -130,7 +134,7 @@ pub unsafe extern "C" fn libcgi_setenv(name: *const c_char, value: *const c_char
     0
 }
 
-pub unsafe extern "C" fn libcgi_unsetenv(name: *const c_char) -> c_int {
+unsafe fn unsetenv_impl(name: *const c_char) -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;
@@ -147,7 +151,7 @@ pub unsafe extern "C" fn libcgi_unsetenv(name: *const c_char) -> c_int {
     0
 }
 
-pub unsafe extern "C" fn libcgi_putenv(string: *mut c_char) -> c_int {
+unsafe fn putenv_impl(string: *mut c_char) -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;
@@ -159,7 +163,7 @@ pub unsafe extern "C" fn libcgi_putenv(string: *mut c_char) -> c_int {
     let s = CStr::from_ptr(string).to_bytes();
     let Some(eq) = s.iter().position(|&b| b == b'=') else {
         // glibc: putenv("NAME") removes NAME.
-        return libcgi_unsetenv(string);
+        return unsetenv_impl(string);
     };
     let r = req.r;
     let vars = req.env.vars(r);
@@ -171,7 +175,7 @@ pub unsafe extern "C" fn libcgi_putenv(string: *mut c_char) -> c_int {
     0
 }
 
-pub unsafe extern "C" fn libcgi_clearenv() -> c_int {
+unsafe fn clearenv_impl() -> c_int {
     let Some(req) = current() else {
         set_errno(libc::EPERM);
         return -1;
@@ -179,3 +183,11 @@ pub unsafe extern "C" fn libcgi_clearenv() -> c_int {
     req.env.vars = Some(Vec::new());
     0
 }
+
+// The entry points: a panic inside ends the script's call (crate::panic).
+crate::panic::callback!(libcgi_getenv => getenv_impl(name: *const c_char) -> *mut c_char, ptr::null_mut(), "getenv");
+crate::panic::callback!(libcgi_secure_getenv => secure_getenv_impl(name: *const c_char) -> *mut c_char, ptr::null_mut(), "secure_getenv");
+crate::panic::callback!(libcgi_setenv => setenv_impl(name: *const c_char, value: *const c_char, overwrite: c_int) -> c_int, -1, "setenv");
+crate::panic::callback!(libcgi_unsetenv => unsetenv_impl(name: *const c_char) -> c_int, -1, "unsetenv");
+crate::panic::callback!(libcgi_putenv => putenv_impl(string: *mut c_char) -> c_int, -1, "putenv");
+crate::panic::callback!(libcgi_clearenv => clearenv_impl() -> c_int, -1, "clearenv");

@@ -19,7 +19,7 @@
 //! that has not gone within a few seconds.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,6 +27,12 @@ pub const RETURNED: c_int = 0;
 pub const FAULT: c_int = 1;
 pub const TIMEOUT: c_int = 2;
 pub const EXITED: c_int = 3;
+/// A callback the script called panicked (caught there: crate::panic); the
+/// call was ended by the callback's wrapper.
+pub const PANIC: c_int = 4;
+/// Not called: the call needs a deadline and the watchdog thread that
+/// enforces it cannot be started (pthread_create failed; `rc` is the errno).
+pub const NO_WATCHDOG: c_int = 5;
 
 pub const CALL_INT_STR: c_int = 0;
 pub const CALL_INT_VOID: c_int = 1;
@@ -106,6 +112,12 @@ impl Outcome {
                 format!("still running after {:.1} s (LibCGITimeout)", timeout.unwrap_or_default().as_secs_f64())
             }
             EXITED => format!("called exit({})", self.exit_status),
+            PANIC => format!("ended by a panic in mod_libcgi {}", crate::panic::message()),
+            NO_WATCHDOG => format!(
+                "not run: the watchdog thread that enforces LibCGITimeout cannot be started ({}); \
+                 tried again on the next request",
+                std::io::Error::from_raw_os_error(self.rc)
+            ),
             k if k < 0 => format!("cannot set up the fault guard: {}", std::io::Error::from_raw_os_error(-k)),
             _ => format!("returned {}", self.rc),
         }
@@ -315,6 +327,11 @@ struct Watchdog {
     /// The coarse clock's resolution in ms, added to every deadline so that
     /// a call is never cut before its timeout has fully passed.
     slack_ms: u64,
+    /// Its thread runs.  Starting it can fail (EAGAIN: RLIMIT_NPROC, the
+    /// kernel's thread limit, memory): then every call that needs a deadline
+    /// tries again, under `starting`, and is refused meanwhile.
+    running: AtomicBool,
+    starting: Mutex<()>,
 }
 
 static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
@@ -336,21 +353,44 @@ fn watchdog() -> &'static Watchdog {
         // SAFETY: `res` is a valid timespec to write.
         unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
         let slack_ms = (res.tv_sec as u64 * 1000 + (res.tv_nsec as u64).div_ceil(1_000_000)).max(1);
-        std::thread::Builder::new()
-            .name("libcgi-watchdog".into())
-            .spawn(|| watchdog().run())
-            .expect("starting the mod_libcgi watchdog thread");
-        Watchdog { threads: Mutex::new(Vec::new()), slack_ms }
+        Watchdog {
+            threads: Mutex::new(Vec::new()),
+            slack_ms,
+            running: AtomicBool::new(false),
+            starting: Mutex::new(()),
+        }
     })
 }
 
+/// The watchdog, its thread started if it was not yet.
+#[inline]
+fn running() -> std::io::Result<&'static Watchdog> {
+    let w = watchdog();
+    if w.running.load(Ordering::Acquire) {
+        return Ok(w);
+    }
+    w.start()
+}
+
 /// Starts the watchdog now (child_init), so that the last resort for an
-/// unsound process is there even if no call ever had a deadline.
-pub fn start_watchdog() {
-    watchdog();
+/// unsound process is there even if no call ever had a deadline.  A failure
+/// is not final: the next call with a deadline tries again.
+pub fn start_watchdog() -> std::io::Result<()> {
+    running().map(|_| ())
 }
 
 impl Watchdog {
+    #[cold]
+    #[inline(never)]
+    fn start(&'static self) -> std::io::Result<&'static Watchdog> {
+        let _one = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.running.load(Ordering::Acquire) {
+            std::thread::Builder::new().name("libcgi-watchdog".into()).spawn(move || self.run())?;
+            self.running.store(true, Ordering::Release);
+        }
+        Ok(self)
+    }
+
     fn run(&self) {
         // Signals sent to the process (prefork's SIGTERM, SIGUSR1, SIGHUP)
         // are for the MPM's own threads, which wait for them in accept or
@@ -564,6 +604,12 @@ impl Watchdog {
 /// `watch` is the pointer `register` stored, of the calling thread, which is
 /// in no call.
 pub unsafe extern "C" fn thread_gone(watch: *mut c_void) {
+    if crate::panic::catch(|| forget_thread(watch)).is_err() {
+        crate::panic::in_hook("thread exit", std::ptr::null());
+    }
+}
+
+unsafe fn forget_thread(watch: *mut c_void) {
     let Some(w) = WATCHDOG.get() else { return };
     let p = watch as *const Deadline;
     let mut threads = w.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -582,7 +628,18 @@ pub unsafe extern "C" fn thread_gone(watch: *mut c_void) {
 pub unsafe fn call(f: *const c_void, how: c_int, arg: *mut c_char, timeout: Option<Duration>, code: &Code) -> Outcome {
     let mut out = Outcome::default();
     let armed = match timeout {
-        Some(t) if !t.is_zero() => watchdog().arm(t),
+        Some(t) if !t.is_zero() => match running() {
+            Ok(w) => w.arm(t),
+            // initfunc and processfunc are not run untimed; terminatefunc
+            // and the destructors are, since the script must be closed (and
+            // with no watchdog, nothing of it ever ran with a deadline).
+            Err(e) if matches!(how, CALL_INT_STR | CALL_INT_VOID) => {
+                out.kind = NO_WATCHDOG;
+                out.rc = e.raw_os_error().unwrap_or(libc::EAGAIN);
+                return out;
+            }
+            Err(_) => None,
+        },
         _ => None,
     };
     libcgi_call(f, how, arg, code, &mut out);

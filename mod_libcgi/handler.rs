@@ -65,10 +65,37 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     if (*r).handler.is_null() || CStr::from_ptr((*r).handler) != HANDLER_NAME {
         return DECLINED;
     }
-    let mut m = metrics::Req::start(r);
-    let rc = handle(r, &mut m);
-    m.end(r, rc);
-    rc
+    // The whole request inside the catch, metrics included: the measurement
+    // stays in the closure's registers instead of crossing the landing pad.
+    crate::panic::catch(|| {
+        let mut m = metrics::Req::start(r);
+        let rc = handle(r, &mut m);
+        m.end(r, rc);
+        rc
+    })
+    .unwrap_or_else(|()| panicked(r))
+}
+
+/// A panic in the module while handling `r` (outside any script call: one
+/// inside a callback ends the call instead, see crate::panic): the request
+/// gets a 500, or a cut connection if part of it was sent.
+#[cold]
+#[inline(never)]
+unsafe fn panicked(r: *mut sys::request_rec) -> c_int {
+    let filename = if (*r).filename.is_null() { c"" } else { CStr::from_ptr((*r).filename) };
+    log::rerror_fmt(
+        r,
+        sys::APLOG_ERR,
+        0,
+        format_args!("{}: a panic in mod_libcgi's handler: {}", Name(filename), crate::panic::message()),
+    );
+    if (*r).sent_bodyct == 0 {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    let c = (*r).connection;
+    (*c).keepalive = sys::ap_conn_keepalive_e_AP_CONN_CLOSE;
+    (*c).aborted = 1;
+    OK
 }
 
 #[inline(always)]
@@ -77,6 +104,10 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
     // Formatted only when a message is actually written: validating the path
     // as UTF-8 on every request would be measurable.
     let name = Name(filename);
+    #[cfg(feature = "fault-injection")]
+    if !(*r).args.is_null() && CStr::from_ptr((*r).args).to_bytes() == b"libcgi-panic=handler" {
+        panic!("fault injection: the handler");
+    }
 
     if sys::ap_allow_options(r) & sys::OPT_EXECCGI as c_int == 0 {
         return refuse(r, HTTP_FORBIDDEN, format_args!("Options ExecCGI is off in this directory: {name}"));
@@ -182,6 +213,23 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
             }
             faulted(registry, script, &mut req, &out, ident, name, &cfg)
         }
+        guard::PANIC => {
+            // Not the script's fault (not counted); its call was cut short.
+            log::rerror_fmt(
+                r,
+                sys::APLOG_ERR,
+                0,
+                format_args!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
+            );
+            registry.unload(&script);
+            drop(script);
+            failed_response(r, &mut req, &cfg)
+        }
+        guard::NO_WATCHDOG => {
+            log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: processfunc {}", out.describe(cfg.timeout)));
+            req.discard_body();
+            sys::HTTP_SERVICE_UNAVAILABLE as c_int
+        }
         _ => {
             log::rerror_fmt(r, sys::APLOG_ERR, 0, format_args!("{name}: {}", out.describe(cfg.timeout)));
             failed_response(r, &mut req, &cfg)
@@ -238,7 +286,7 @@ unsafe fn faulted(
         format_args!("{name}: processfunc {}; script unloaded", out.describe(cfg.timeout)),
     );
     registry.unload(&script);
-    if registry.record_fault(name.0.to_bytes(), ident, cfg) {
+    if registry.record_fault(name.0, ident, cfg) {
         crate::metrics::quarantined(name.0);
         log::rerror(r, sys::APLOG_ERR, 0, &registry::quarantine_message(name.0, cfg));
     }

@@ -18,6 +18,7 @@ mod handler;
 mod isolation;
 mod log;
 mod metrics;
+mod panic;
 mod recycle;
 mod registry;
 mod request;
@@ -62,13 +63,29 @@ unsafe extern "C" fn register_hooks(_p: *mut sys::apr_pool_t) {
 /// cleanup runs every script's terminatefunc when the process exits, which is
 /// also how a graceful restart retires the old generation.
 unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
+    panic::install_hook();
+    if panic::catch(|| child_init_(pchild, s)).is_err() {
+        panic::in_hook("child_init", s);
+    }
+}
+
+unsafe fn child_init_(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
     let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
     reg.server.store(s, Ordering::Relaxed);
     guard::libcgi_set_api(&RS_API);
     // Apache's own fault handlers (sig_coredump) are in place by now; ours
     // keep them and hand them every fault that is not a script's.
     let e = guard::libcgi_install_handlers(guard::timer_signal(), log::error_log_fd(s));
-    guard::start_watchdog();
+    if let Err(w) = guard::start_watchdog() {
+        log::serror(
+            s,
+            sys::APLOG_ERR,
+            &format!(
+                "cannot start the watchdog thread: {w}; scripts with a LibCGITimeout get 503 until it starts \
+                 (tried again on each request)"
+            ),
+        );
+    }
     surplus::start();
     if e != 0 {
         log::serror(
@@ -82,7 +99,9 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
 
 unsafe extern "C" fn child_exit(_data: *mut c_void) -> sys::apr_status_t {
     if let Some(reg) = registry::REGISTRY.get() {
-        reg.shutdown();
+        if panic::catch(|| reg.shutdown()).is_err() {
+            panic::in_hook("child_exit", reg.server.load(Ordering::Relaxed));
+        }
     }
     0
 }

@@ -62,6 +62,13 @@ pub unsafe fn schedule(r: *mut sys::request_rec) {
 }
 
 unsafe extern "C" fn after_request(_data: *mut c_void) -> sys::apr_status_t {
+    crate::panic::catch(|| recycle_now()).unwrap_or_else(|()| {
+        crate::panic::in_hook("recycle", ptr::null());
+        0
+    })
+}
+
+unsafe fn recycle_now() -> sys::apr_status_t {
     if SCHEDULED.swap(true, Ordering::SeqCst) {
         return 0;
     }
@@ -123,7 +130,18 @@ unsafe fn stop_accepting(why: &str, label: &'static str) {
         ptr::write_volatile(&raw mut (*lr).accept_func, Some(refuse_accept));
         lr = (*lr).next;
     }
-    let _ = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(move || backstop(label));
+    if let Err(e) = std::thread::Builder::new().name("libcgi-recycle".into()).spawn(move || backstop(label)) {
+        // The MPM's graceful path still ends the process, once a connection
+        // reaches the refusing listener; the bounds are what is missing.
+        log::serror(
+            server,
+            sys::APLOG_WARNING,
+            &format!(
+                "cannot start the recycle backstop thread: {e}; the process exits when the next connection \
+                 reaches its listener, GracefulShutdownTimeout is not enforced"
+            ),
+        );
+    }
 }
 
 /// Makes the MPM's listener take its graceful-exit path (see the module

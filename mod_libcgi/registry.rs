@@ -61,6 +61,17 @@ impl FileIdent {
         }
     }
 
+    /// The identity a server-wide quarantine is kept for (never 0): the
+    /// file's content identity, as the README promises (another inode or
+    /// mtime ends a quarantine; a chmod does not).
+    pub fn shared_hash(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for w in [self.dev, self.ino, self.size as u64, self.mtime as u64] {
+            h = (h ^ w).wrapping_mul(0x100_0000_01b3).rotate_left(29);
+        }
+        h | 1
+    }
+
     fn object(&self) -> ObjKey {
         (self.dev, self.ino)
     }
@@ -242,6 +253,11 @@ impl Script {
                     guard::RETURNED => {
                         let mut e = LoadError::failed(format!("initfunc returned {}", out.rc));
                         e.init_failed = true;
+                        return Err(e);
+                    }
+                    guard::NO_WATCHDOG => {
+                        let mut e = LoadError::failed(format!("initfunc {}", out.describe(cfg.timeout)));
+                        e.status = sys::HTTP_SERVICE_UNAVAILABLE as c_int;
                         return Err(e);
                     }
                     _ => {
@@ -444,9 +460,10 @@ pub struct Registry {
 pub static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 fn relock<T>(r: std::sync::LockResult<T>) -> T {
-    // A panic cannot unwind out of the module's extern "C" entry points (Rust aborts
-    // there), so a poisoned lock is never observed by a later request;
-    // this only satisfies the type.
+    // A panic on a request path is caught at the module's entry points
+    // (crate::panic), so a later request can find a lock poisoned by it.  The
+    // maps these locks guard are changed by single inserts and removals that
+    // a panic cannot leave half done, so the data is used as it is.
     r.unwrap_or_else(|e| e.into_inner())
 }
 
@@ -472,7 +489,11 @@ impl Registry {
         // The fast path, kept small so that it stays in few cache lines: a
         // loaded script, one reference count taken.
         if let Some(e) = relock(self.paths.read()).get(path.to_bytes()).filter(|e| e.ident == ident) {
-            return Ok(e.script.clone());
+            // Quarantined by a fault in another process, where this one
+            // still has the script loaded: one word of its shared row.
+            if !crate::metrics::quarantine::maybe(e.script.metrics_slot) {
+                return Ok(e.script.clone());
+            }
         }
         self.get_slow(path, ident, r, cfg)
     }
@@ -488,9 +509,10 @@ impl Registry {
         cfg: &Settings,
     ) -> Result<Arc<Script>, LoadError> {
         let key = path.to_bytes();
-        // Only a script that is not loaded can be in quarantine (a fault
-        // unloads it), so this check stays off the fast path.
-        if let Some(left) = self.quarantined(key, ident) {
+        // A script counted per process can be in quarantine only when it is
+        // not loaded here (a fault unloads it); one counted server-wide made
+        // the fast path come here.
+        if let Some(left) = self.quarantined(path, ident) {
             return Err(LoadError {
                 status: sys::HTTP_SERVICE_UNAVAILABLE as c_int,
                 msg: "quarantined".into(),
@@ -531,7 +553,7 @@ impl Registry {
         let script = match self.acquire(real.object(), fd, path, r, cfg) {
             Ok(s) => s,
             Err(e) => {
-                if e.fault && self.record_fault(key, ident, cfg) {
+                if e.fault && self.record_fault(path, ident, cfg) {
                     crate::metrics::quarantined(path);
                     log::rerror(r, sys::APLOG_ERR, 0, &quarantine_message(path, cfg));
                 }
@@ -722,7 +744,13 @@ impl Registry {
 
     /// Time left in quarantine for this path, if any.  A new file (another
     /// identity) ends the quarantine: it counts as a fix until it faults.
-    pub(crate) fn quarantined(&self, key: &[u8], ident: FileIdent) -> Option<Duration> {
+    /// Server-wide when the script has a row of its own in the metrics
+    /// segment, else (table full, metrics off) for this process only.
+    pub fn quarantined(&self, path: &CStr, ident: FileIdent) -> Option<Duration> {
+        if let Some(slot) = crate::metrics::quarantine::slot(path) {
+            return crate::metrics::quarantine::left(slot, ident.shared_hash(), now_ms()).map(Duration::from_millis);
+        }
+        let key = path.to_bytes();
         let mut faults = relock(self.faults.lock());
         let until = faults.get(key)?.quarantined_until;
         let now = Instant::now();
@@ -736,12 +764,19 @@ impl Registry {
         }
     }
 
-    /// Counts a fault (or timeout) of a script.  Returns true when this one
-    /// puts the script into quarantine (the caller logs that, once).
-    pub fn record_fault(&self, key: &[u8], ident: FileIdent, cfg: &Settings) -> bool {
+    /// Counts a fault (or timeout) of a script, server-wide or per process
+    /// as `quarantined` reads it.  Returns true when this one puts the
+    /// script into quarantine (the caller logs that, once: of all processes,
+    /// only the one whose fault was the n-th gets true).
+    pub fn record_fault(&self, path: &CStr, ident: FileIdent, cfg: &Settings) -> bool {
         if cfg.max_faults == 0 {
             return false;
         }
+        if let Some(slot) = crate::metrics::quarantine::slot(path) {
+            let window = u64::try_from(cfg.fault_window.as_millis()).unwrap_or(u64::MAX / 4);
+            return crate::metrics::quarantine::record(slot, ident.shared_hash(), now_ms(), cfg.max_faults, window);
+        }
+        let key = path.to_bytes();
         let now = Instant::now();
         let mut faults = relock(self.faults.lock());
         let f =
@@ -782,6 +817,15 @@ fn exit_bounded(own: Option<Duration>) -> Option<Duration> {
     let Some(end) = EXIT_DEADLINE.get() else { return own };
     let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
     Some(own.map_or(left, |t| t.min(left)))
+}
+
+/// Milliseconds of CLOCK_MONOTONIC_COARSE: the clock every process shares
+/// for server-wide quarantine.
+fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// The object the path names at this moment.

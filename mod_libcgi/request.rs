@@ -431,6 +431,15 @@ struct Cursor<'a> {
 /// data that ends without a LF, returns 0, which the parser takes for the end
 /// of the output (500).  A CR or LF met once the buffer is full stays unread.
 unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
+    // Called by Apache's parser: a panic here must not unwind through it.
+    // 0 is "no more output", which the parser answers with a 500.
+    crate::panic::catch(|| getsfunc_(buf, len, arg)).unwrap_or_else(|()| {
+        crate::panic::in_hook("header reader", std::ptr::null());
+        0
+    })
+}
+
+unsafe fn getsfunc_(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
     let cur = &mut *(arg as *mut Cursor);
     if len <= 0 {
         return 0;
@@ -473,7 +482,7 @@ unsafe extern "C" fn getsfunc(buf: *mut c_char, len: c_int, arg: *mut c_void) ->
 
 /// Writes `len` bytes of CGI output.  Returns `len`, or -1 when the output
 /// cannot be used (client gone, bad headers, no request on this thread).
-pub unsafe extern "C" fn rs_lwrite(buf: *const c_void, len: usize) -> c_int {
+unsafe fn lwrite_impl(buf: *const c_void, len: usize) -> c_int {
     let Some(req) = current() else { return -1 };
     if len == 0 {
         return 0;
@@ -481,11 +490,16 @@ pub unsafe extern "C" fn rs_lwrite(buf: *const c_void, len: usize) -> c_int {
     if buf.is_null() || len > c_int::MAX as usize {
         return -1;
     }
-    req.write(std::slice::from_raw_parts(buf as *const u8, len))
+    let data = std::slice::from_raw_parts(buf as *const u8, len);
+    #[cfg(feature = "fault-injection")]
+    if data.starts_with(b"LIBCGI_PANIC") {
+        panic!("fault injection: lwrite(\"LIBCGI_PANIC\")");
+    }
+    req.write(data)
 }
 
 /// Pushes buffered body output to the client now.
-pub unsafe extern "C" fn rs_lflush() -> c_int {
+unsafe fn lflush_impl() -> c_int {
     match current() {
         Some(req) => req.flush(),
         None => -1,
@@ -494,7 +508,7 @@ pub unsafe extern "C" fn rs_lflush() -> c_int {
 
 /// The client's host name (double-reverse DNS, looked up on first call), or
 /// its IP address when the lookup fails.
-pub unsafe extern "C" fn rs_get_remote_host() -> *const c_char {
+unsafe fn get_remote_host_impl() -> *const c_char {
     let Some(req) = current() else { return ptr::null() };
     let r = req.r;
     let host = sys::ap_get_useragent_host(r, sys::REMOTE_DOUBLE_REV as c_int, ptr::null_mut());
@@ -506,9 +520,15 @@ pub unsafe extern "C" fn rs_get_remote_host() -> *const c_char {
 }
 
 /// Length of the body handed to processfunc.
-pub unsafe extern "C" fn rs_linput_length() -> usize {
+unsafe fn linput_length_impl() -> usize {
     current().map_or(0, |req| req.input_len)
 }
+
+// The entry points: a panic inside ends the script's call (crate::panic).
+crate::panic::callback!(rs_lwrite => lwrite_impl(buf: *const c_void, len: usize) -> c_int, -1, "lwrite");
+crate::panic::callback!(rs_lflush => lflush_impl() -> c_int, -1, "lflush");
+crate::panic::callback!(rs_get_remote_host => get_remote_host_impl() -> *const c_char, ptr::null(), "get_remote_host");
+crate::panic::callback!(rs_linput_length => linput_length_impl() -> usize, 0, "linput_length");
 
 /// Exports `$name` as a tail jump to the C wrapper `$target`: the caller's
 /// registers and stack arrive untouched (varargs included), and, being a

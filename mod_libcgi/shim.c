@@ -54,7 +54,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-enum { LIBCGI_RETURNED = 0, LIBCGI_FAULT = 1, LIBCGI_TIMEOUT = 2, LIBCGI_EXITED = 3 };
+enum { LIBCGI_RETURNED = 0, LIBCGI_FAULT = 1, LIBCGI_TIMEOUT = 2, LIBCGI_EXITED = 3, LIBCGI_PANIC = 4 };
 enum { CALL_INT_STR = 0, CALL_INT_VOID = 1, CALL_VOID_VOID = 2, CALL_LOADER = 3 };
 
 struct libcgi_outcome {
@@ -84,7 +84,7 @@ struct libcgi_guard {
     volatile sig_atomic_t armed;     /* inside a script call */
     volatile sig_atomic_t depth;     /* inside our callbacks (nesting count) */
     volatile sig_atomic_t timed_out; /* set by the watchdog before it signals */
-    volatile sig_atomic_t pending;   /* timeout arrived inside a callback */
+    volatile sig_atomic_t pending;   /* inside a callback: 1 a timeout arrived, 2 the callback panicked */
     volatile sig_atomic_t force;     /* set by the watchdog after the grace: jump even where unsafe */
     volatile sig_atomic_t seen;      /* timer signals the handler has taken (the watchdog's samples) */
     volatile sig_atomic_t in_loader; /* the call is dlclose: any jump leaves the loader lock held */
@@ -266,8 +266,10 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
         if (g && g->armed && g->timed_out) {
             if (g->depth > 0) {
                 /* Inside our callback: jumping now could leave a lock of ours
-                 * held.  The callback's wrapper jumps when it returns. */
-                g->pending = 1;
+                 * held.  The callback's wrapper jumps when it returns.  A
+                 * panic noted there already stays what ends the call. */
+                if (!g->pending)
+                    g->pending = 1;
                 errno = saved_errno;
                 return;
             }
@@ -863,9 +865,23 @@ static inline void leave(void)
         }
     }
     if (g && --g->depth == 0 && g->armed && g->pending) {
-        g->out.kind = LIBCGI_TIMEOUT;
+        g->out.kind = g->pending == 2 ? LIBCGI_PANIC : LIBCGI_TIMEOUT;
         siglongjmp(g->env, 1);
     }
+}
+
+/* A Rust callback caught a panic of its own (mod_libcgi/panic.rs): the
+ * script's call ends as after a timeout inside a callback, by the jump its
+ * wrapper makes once the callback has returned (no Rust frame is jumped
+ * over, and the panic never unwinds through the script's C frames).
+ * Returns 0 when no call is there to end (a thread the script started). */
+int libcgi_callback_panicked(void)
+{
+    struct libcgi_guard *g = thread_guard;
+    if (forked_child || g == NULL || !g->armed)
+        return 0;
+    g->pending = 2;
+    return 1;
 }
 
 int libcgi_c_lwrite(const void *buf, size_t len)
@@ -904,7 +920,13 @@ const char *libcgi_c_get_remote_host(void)
 
 size_t libcgi_c_linput_length(void)
 {
-    return rs.linput_length(); /* reads one field: nothing to defer */
+    size_t n = rs.linput_length(); /* reads one field: nothing to defer */
+    struct libcgi_guard *g = thread_guard;
+    if (__builtin_expect(g && g->armed && g->depth == 0 && g->pending == 2, 0)) {
+        g->out.kind = LIBCGI_PANIC;
+        siglongjmp(g->env, 1);
+    }
+    return n;
 }
 
 int libcgi_c_lprintf(const char *fmt, ...)

@@ -162,9 +162,64 @@ fn invalid_utf8_and_nul_in_requests(mpm: Mpm) {
     assert!(lines_with(&a.error_log(), "[libcgi:").is_empty(), "{}", a.error_log());
 }
 
+/// NUL bytes in a script's header lines: Apache's parser reads each line up
+/// to its first NUL (mod_cgid reads the same program's output the same way,
+/// compared here).  A NUL after the colon cuts the value; one before the
+/// colon leaves a line without one: 500, Apache's "malformed header" line
+/// naming the script, and the script is reloaded; a line that starts with a
+/// NUL ends the header block (the rest of that line is dropped).
+fn nul_in_script_headers(mpm: Mpm) {
+    let mut cfg = Config::new(mpm);
+    cfg.cgid = true;
+    let a = Apache::start(cfg);
+    a.install("echo.so", "echo_out", &[]);
+    build_cgi(&a.dir.join("cgi-bin"), "echo.so", "echo_out");
+    let post = |path: &str, body: &[u8]| {
+        let mut req =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                .into_bytes();
+        req.extend_from_slice(body);
+        let (st, out) = raw(&a, &req);
+        (st, String::from_utf8_lossy(&out).into_owned())
+    };
+    // (output, status, what the response shows)
+    let cases: [(&[u8], u16, &str); 3] = [
+        (b"Content-Type: text/plain\r\nX-A: a\0b\r\n\r\nbody", 200, "\r\nX-A: a\r\n"),
+        (b"Content-Type: text/plain\r\nX\0-A: ab\r\n\r\nbody", 500, ""),
+        // The NUL line is the end of the block: the body is what follows it.
+        (b"Content-Type: text/plain\r\n\0X-A: ab\r\n\r\nbody", 200, "text/plain\r\n\r\n\r\nbody"),
+    ];
+    for (i, (body, want, shows)) in cases.iter().enumerate() {
+        let (st, resp) = post("/libcgi-bin/echo.so", body);
+        let (cst, _) = post("/cgi-bin/echo.so", body);
+        assert_eq!(st, *want, "case {i}: {resp:?}\n{}", a.error_log());
+        assert_eq!(st, cst, "case {i}: mod_cgid answers {cst}, mod_libcgi {st}");
+        assert!(resp.contains(shows), "case {i}: {resp:?}");
+    }
+    let log = a.wait_log("the malformed header line", |l| l.contains("malformed header from script 'echo.so'"));
+    let ours: Vec<_> = log.lines().filter(|l| l.contains("/bin/echo.so") || l.contains("'echo.so'")).collect();
+    assert!(ours.len() <= 2, "one line per server for the bad line: {ours:?}");
+    assert!(dead_children(&log).is_empty(), "{log}");
+}
+
+/// Bytes that are not UTF-8 in CGI variables reach getenv as they came
+/// (PATH_INFO decoded from %ff, the query string as sent); a %00 in the path
+/// is Apache's 404 before the module runs (ap_unescape_url refuses it).
+fn invalid_utf8_and_nul_in_cgi_variables(mpm: Mpm) {
+    let a = Apache::start(Config::new(mpm));
+    a.install("env.so", "envdump", &[]);
+    let get = |path: &str| raw(&a, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+    let (st, body) = get("/libcgi-bin/env.so/a%ffb?q=%ff%00");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body.windows(14).any(|w| w == b"PATH_INFO=/a\xffb"), "{}", String::from_utf8_lossy(&body));
+    assert!(body.windows(18).any(|w| w == b"QUERY_STRING=q=%ff"), "{}", String::from_utf8_lossy(&body));
+    let (st, _) = get("/libcgi-bin/env.so/a%00b");
+    assert_eq!(st, 404);
+    assert!(lines_with(&a.error_log(), "[libcgi:").is_empty(), "{}", a.error_log());
+}
+
 /// A script file whose name is not UTF-8: served, and its log lines name it
 /// (lossily) instead of failing.
-#[allow(dead_code)] // listed below once the http branch is merged
 fn invalid_utf8_in_a_script_name(mpm: Mpm) {
     use std::os::unix::ffi::OsStrExt;
     let (a, pid) = server(mpm, "");
@@ -186,5 +241,7 @@ prefork_and_event!(
     ten_gib_content_length,
     chunked_body_that_never_ends,
     invalid_utf8_and_nul_in_requests,
-    // invalid_utf8_in_a_script_name: with the trust root of the http branch (issue 9, item 7)
+    nul_in_script_headers,
+    invalid_utf8_and_nul_in_cgi_variables,
+    invalid_utf8_in_a_script_name,
 );

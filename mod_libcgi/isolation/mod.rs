@@ -472,7 +472,7 @@ pub unsafe fn handle(
 
 /// Seconds the script has left in quarantine (the registry's, as in process).
 fn quarantine_left(path: &CStr, ident: crate::registry::FileIdent) -> Option<u64> {
-    let left = crate::registry::REGISTRY.get()?.quarantined(path.to_bytes(), ident)?;
+    let left = crate::registry::REGISTRY.get()?.quarantined(path, ident)?;
     Some(left.as_secs_f64().ceil() as u64)
 }
 
@@ -485,7 +485,7 @@ pub(super) unsafe fn count_fault(
 ) {
     let path = CStr::from_ptr((*r).filename);
     if let Some(reg) = crate::registry::REGISTRY.get() {
-        if reg.record_fault(path.to_bytes(), ident, cfg) {
+        if reg.record_fault(path, ident, cfg) {
             crate::metrics::quarantined(path);
             log::rerror(r, sys::APLOG_ERR, 0, &crate::registry::quarantine_message(path, cfg));
         }

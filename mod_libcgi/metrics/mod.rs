@@ -12,6 +12,7 @@
 mod clock;
 mod page;
 mod probes;
+pub mod quarantine;
 mod record;
 mod segment;
 mod snapshot;
@@ -104,6 +105,14 @@ unsafe extern "C" fn post_config(
     _ptemp: *mut sys::apr_pool_t,
     s: *mut sys::server_rec,
 ) -> c_int {
+    crate::panic::catch(|| make_segment(pconf, s)).unwrap_or_else(|()| {
+        crate::panic::in_hook("post_config (metrics)", s);
+        SEG.store(ptr::null_mut(), Ordering::Relaxed);
+        sys::OK as c_int
+    })
+}
+
+unsafe fn make_segment(pconf: *mut sys::apr_pool_t, s: *mut sys::server_rec) -> c_int {
     SEG.store(ptr::null_mut(), Ordering::Relaxed);
     // The first, trial pass of the configuration makes nothing.
     if sys::ap_state_query(sys::AP_SQ_MAIN_STATE as c_int) == sys::AP_SQ_MS_CREATE_PRE_CONFIG as c_int {

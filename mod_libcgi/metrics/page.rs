@@ -27,6 +27,13 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     if (*r).handler.is_null() || CStr::from_ptr((*r).handler) != HANDLER_NAME {
         return sys::DECLINED as c_int;
     }
+    crate::panic::catch(|| page(r)).unwrap_or_else(|()| {
+        crate::panic::in_hook("libcgi-status handler", (*r).server);
+        sys::HTTP_INTERNAL_SERVER_ERROR as c_int
+    })
+}
+
+unsafe fn page(r: *mut sys::request_rec) -> c_int {
     (*r).allowed |= 1 << sys::M_GET;
     if (*r).method_number != sys::M_GET as c_int {
         return sys::HTTP_METHOD_NOT_ALLOWED as c_int;
@@ -65,6 +72,13 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
 /// # Safety
 /// Called by mod_status with a live request.
 pub unsafe extern "C" fn status_hook(r: *mut sys::request_rec, flags: c_int) -> c_int {
+    crate::panic::catch(|| status_section(r, flags)).unwrap_or_else(|()| {
+        crate::panic::in_hook("mod_status section", (*r).server);
+        sys::OK as c_int
+    })
+}
+
+unsafe fn status_section(r: *mut sys::request_rec, flags: c_int) -> c_int {
     let Some(s) = seg() else { return sys::OK as c_int };
     let snap = snapshot::take(s);
     let t = &snap.totals;

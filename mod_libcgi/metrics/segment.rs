@@ -128,7 +128,19 @@ pub struct Events {
     pub last_fault_pid: AtomicU64,
     /// The faulting address, where the kernel gives one (u64::MAX otherwise).
     pub last_fault_addr: AtomicU64,
+    /// Server-wide quarantine (metrics/quarantine.rs), in the room the
+    /// struct's 64-byte alignment left (it stays 192 bytes): the identity
+    /// of the file the faults were counted for,
+    pub q_ident: AtomicU64,
+    /// the fault window (start in ms of CLOCK_MONOTONIC_COARSE << 24 | count),
+    pub q_window: AtomicU64,
+    /// and the end of the quarantine in those ms (0: none).  Read by every
+    /// request of a loaded script, written only when a quarantine starts or
+    /// ends: it stays in every reader's cache.
+    pub q_until: AtomicU64,
 }
+
+const _: () = assert!(std::mem::size_of::<Events>() == 192);
 
 /// Rare events per server process slot.
 #[repr(C, align(64))]
@@ -291,6 +303,16 @@ impl Seg {
     /// path meet at the same entry).  `slots` ("other") when the path is too
     /// long or the table is full.  Once per script load per process.
     pub fn slot_for(&self, path: &[u8]) -> usize {
+        let i = self.slot_quietly(path);
+        if i == self.slots && path.len() <= NAME_MAX {
+            self.header().names_full.fetch_add(1, Ordering::Relaxed);
+        }
+        i
+    }
+
+    /// `slot_for` without counting a full table as a refusal (the quarantine
+    /// looks scripts up on paths that are not loads).
+    pub fn slot_quietly(&self, path: &[u8]) -> usize {
         if self.slots == 0 || path.len() > NAME_MAX {
             return self.slots;
         }
@@ -328,7 +350,6 @@ impl Seg {
                 return i;
             }
         }
-        self.header().names_full.fetch_add(1, Ordering::Relaxed);
         self.slots
     }
 

@@ -185,6 +185,10 @@ pub struct Config {
     pub threads: u32,
     pub loglevel: String,
     pub cgid: bool,
+    /// Extra environment variables of the server (LD_PRELOAD, say).
+    pub env: Vec<(String, String)>,
+    /// Another build of the module (a test feature's) instead of the usual.
+    pub module: Option<PathBuf>,
     /// Load mod_libcgi (false: Apache alone, to tell its behaviour from ours).
     pub libcgi: bool,
 }
@@ -198,6 +202,8 @@ impl Config {
             threads: 16,
             loglevel: "warn".into(),
             cgid: false,
+            env: Vec::new(),
+            module: None,
             libcgi: true,
         }
     }
@@ -228,6 +234,9 @@ pub struct Apache {
     /// The server's parent process (in a container: its PID on the host).
     server_pid: u32,
     container: Option<String>,
+    /// A failed start keeps its directory for the next attempt (Drop would
+    /// remove it, and with it the error log that says why).
+    keep_dir: bool,
 }
 
 impl Apache {
@@ -261,6 +270,9 @@ impl Apache {
             };
             // A variable of the server's own environment, for PassEnv tests.
             cmd.env("FROM_PASSENV", "passed-through");
+            for (k, v) in &cfg.env {
+                cmd.env(k, v);
+            }
             cmd.arg("-f")
                 .arg(&conf_path)
                 .arg("-DFOREGROUND")
@@ -290,6 +302,7 @@ impl Apache {
                 conf_path,
                 server_pid,
                 container,
+                keep_dir: false,
             };
             match a.wait_ready() {
                 Ok(()) => {
@@ -302,11 +315,18 @@ impl Apache {
                 }
                 Err(e) => {
                     a.stop();
-                    last_err = e
+                    a.keep_dir = true;
+                    // Only a port taken between free_port and apache2's bind
+                    // is worth another try; anything else is the cause.
+                    let port_taken = e.contains("Address already in use") || e.contains("could not bind");
+                    last_err = format!("{e}\n--- apache2 -t ---\n{}", config_test(&a.conf_path));
+                    if !port_taken {
+                        panic!("apache2 did not start: {last_err}");
+                    }
                 }
             }
         }
-        panic!("apache2 did not start: {last_err}");
+        panic!("apache2 did not start (5 tries, the port was taken each time): {last_err}");
     }
 
     fn config(cfg: &Config, dir: &Path, port: u16) -> String {
@@ -352,7 +372,8 @@ impl Apache {
         }
         writeln!(c, "TypesConfig /etc/mime.types\nDocumentRoot {d}/bin").unwrap();
         if cfg.libcgi {
-            writeln!(c, "LoadModule libcgi_module {}", server_module_path().display()).unwrap();
+            let module = cfg.module.clone().unwrap_or_else(server_module_path);
+            writeln!(c, "LoadModule libcgi_module {}", module.display()).unwrap();
         }
         writeln!(
             c,
@@ -497,9 +518,20 @@ Alias /tiny/ {d}/bin/
     }
 }
 
+/// What `apache2 -t` says about a configuration (its own syntax check).
+fn config_test(conf: &Path) -> String {
+    match Command::new(APACHE_BIN).arg("-t").arg("-f").arg(conf).output() {
+        Ok(o) => format!("{}{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("cannot run {APACHE_BIN}: {e}"),
+    }
+}
+
 impl Drop for Apache {
     fn drop(&mut self) {
         self.stop();
+        if self.keep_dir {
+            return;
+        }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         } else {

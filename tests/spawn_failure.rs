@@ -1,0 +1,92 @@
+//! Issue 10: a thread the module cannot start (pthread_create fails with
+//! EAGAIN, as under RLIMIT_NPROC) costs requests a status and a log line,
+//! never the server process.  An LD_PRELOAD interposer (tests/scripts/
+//! fail_threads.c) fails the module's own thread starts while a flag file
+//! exists.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Builds the interposer; returns it and the flag file (created: failing).
+fn interposer() -> (PathBuf, PathBuf) {
+    let dir = scratch("preload");
+    let so = dir.join("fail_threads.so");
+    let o = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-o"])
+        .arg(&so)
+        .arg(root().join("tests/scripts/fail_threads.c"))
+        .arg("-ldl")
+        .output()
+        .expect("running cc");
+    assert!(o.status.success(), "cc fail_threads.c:\n{}", String::from_utf8_lossy(&o.stderr));
+    let flag = dir.join("fail");
+    fs::write(&flag, "").unwrap();
+    (so, flag)
+}
+
+fn start(mpm: Mpm, extra: &str) -> (Apache, PathBuf) {
+    let (so, flag) = interposer();
+    let mut cfg = Config::new(mpm).extra(extra);
+    cfg.env.push(("LD_PRELOAD".into(), so.display().to_string()));
+    cfg.env.push(("LIBCGI_FAIL_THREADS".into(), flag.display().to_string()));
+    (Apache::start(cfg), flag)
+}
+
+/// The watchdog cannot start in child_init: a script with a deadline is not
+/// run (503 and one line per request, the same process goes on), and the
+/// first request after threads can be started again is served.
+fn watchdog_that_cannot_start(mpm: Mpm) {
+    let (a, flag) = start(mpm, "LibCGITimeout 5");
+    a.install("t.so", "t", &[]);
+    let children = a.children();
+    a.wait_log("child_init's line", |l| {
+        l.contains("cannot start the watchdog thread: Resource temporarily unavailable")
+    });
+    for i in 1..=3 {
+        let r = a.get("/libcgi-bin/t.so");
+        assert_eq!(r.status, 503, "request {i}: {}\n{}", r.text(), a.error_log());
+        a.wait_log("one line per refused request", |l| {
+            l.lines()
+                .filter(|l| l.contains("t.so: "))
+                .filter(|l| l.contains("not run: the watchdog thread that enforces LibCGITimeout cannot be started"))
+                .count()
+                == i
+        });
+    }
+    assert_eq!(a.children(), children, "no server process was replaced");
+    fs::remove_file(&flag).unwrap();
+    let r = a.get("/libcgi-bin/t.so");
+    assert_eq!(r.status, 200, "served once threads start again: {}\n{}", r.text(), a.error_log());
+    assert_eq!(r.text(), "hello v0");
+    assert_eq!(a.children(), children);
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+/// `LibCGITimeout 0`: nothing needs the watchdog, scripts run.  A fault under
+/// `LibCGIFaultAction recycle` in a threaded MPM starts the recycle backstop,
+/// which cannot start either: one warning, and the process is still replaced.
+fn no_deadline_and_recycle_backstop(mpm: Mpm) {
+    let (a, _flag) = start(mpm, "LibCGITimeout 0\nLibCGIFaultAction recycle\nLibCGIMaxFaults 0");
+    a.install("f.so", "fault", &[]);
+    let r = a.get("/libcgi-bin/f.so");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+    let before = a.children();
+    assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
+    if mpm != Mpm::Prefork {
+        a.wait_log("the backstop's warning", |l| l.contains("cannot start the recycle backstop thread"));
+    }
+    // Without the backstop a threaded process goes when a connection reaches
+    // its refusing listener: this request, which a new process serves.
+    assert_eq!(a.get("/libcgi-bin/f.so").status, 200, "{}", a.error_log());
+    wait_for("the faulted process to be replaced", Duration::from_secs(20), || {
+        let now = a.children();
+        (!now.is_empty() && now.iter().all(|p| !before.contains(p))).then_some(())
+    });
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+}
+
+per_mpm!(watchdog_that_cannot_start, no_deadline_and_recycle_backstop);
