@@ -92,6 +92,25 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
 /// server thread answers 500 and frees the slot), an idle slot turns EMPTY,
 /// and no slot names a worker that is gone (its number may be reused).
 ///
+/// A slot's worker is gone (reaped, or its manager died): an idle slot is
+/// simply refilled, one in a request is marked dead for the server thread
+/// that waits on it.  The state first, then the pid: a server thread that
+/// sees the pid gone must not still see the dead worker's IDLE.
+fn worker_gone(s: &Slot) {
+    loop {
+        let cur = s.state.load(Ordering::Acquire);
+        let to = match cur {
+            TO_WORKER | TO_SERVER => DEAD,
+            IDLE => EMPTY,
+            _ => break,
+        };
+        if transport::pass(&s.state, cur, to) {
+            break;
+        }
+    }
+    s.pid.store(0, Ordering::Release);
+}
+
 /// # Safety
 /// `seg` is the live segment.
 pub unsafe fn orphaned(seg: &Segment) {
@@ -99,19 +118,7 @@ pub unsafe fn orphaned(seg: &Segment) {
         let s = &mut *seg.slot(i);
         s.died.store(transport::MANAGER_DIED, Ordering::Release);
         s.kill.store(0, Ordering::Release);
-        loop {
-            let cur = s.state.load(Ordering::Acquire);
-            let to = match cur {
-                TO_WORKER | TO_SERVER => DEAD,
-                IDLE => EMPTY,
-                _ => break,
-            };
-            if transport::pass(&s.state, cur, to) {
-                break;
-            }
-        }
-        // After the state, as when a worker is reaped.
-        s.pid.store(0, Ordering::Release);
+        worker_gone(s);
     }
     transport::ring(&seg.header().released);
 }
@@ -193,22 +200,7 @@ unsafe fn run(seg: &'static Segment) {
             }
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
-                // An idle worker is simply replaced; one in a request is
-                // marked dead for the server thread that waits on it.  The
-                // state first, then the pid: a server thread that sees the
-                // pid gone must not still see the dead worker's IDLE.
-                loop {
-                    let cur = s.state.load(Ordering::Acquire);
-                    let to = match cur {
-                        TO_WORKER | TO_SERVER => DEAD,
-                        IDLE => EMPTY,
-                        _ => break,
-                    };
-                    if transport::pass(&s.state, cur, to) {
-                        break;
-                    }
-                }
-                s.pid.store(0, Ordering::Release);
+                worker_gone(s);
             }
         }
         for i in 0..seg.nslots() {
