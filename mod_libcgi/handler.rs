@@ -155,7 +155,7 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
         crate::isolation::Route::Isolated(d, e) => {
             return crate::isolation::handle(r, d, e, ident, input, input_len, &cfg, m)
         }
-        crate::isolation::Route::Promoted(i, e) => Some(crate::isolation::InProcess::start(i, e)),
+        crate::isolation::Route::Promoted(i, e) => Some(crate::isolation::InProcess::start(i, e, m)),
     };
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;

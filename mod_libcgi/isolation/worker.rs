@@ -250,6 +250,9 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     if mine + slot_len < end {
         libc::munmap((mine + slot_len) as *mut c_void, end - mine - slot_len);
     }
+    // Nor the server's metrics (mapped since the parent made them before
+    // forking the manager, which reads them for the policy).
+    crate::metrics::detach();
     guard::libcgi_set_api(&WORKER_API);
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
