@@ -22,7 +22,7 @@ const HTTP_INTERNAL_SERVER_ERROR: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_i
 
 /// A script's path for messages.
 #[derive(Clone, Copy)]
-struct Name<'a>(&'a CStr);
+pub(crate) struct Name<'a>(pub(crate) &'a CStr);
 
 impl std::fmt::Display for Name<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -139,7 +139,9 @@ pub unsafe fn run(
     mslot: u32,
     cross: &mut Option<u64>,
 ) -> c_int {
-    let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
+    // Formatted only when a message is written (a String per request was
+    // an allocation and a UTF-8 check on every call).
+    let name = crate::handler::Name(CStr::from_ptr((*r).filename));
     let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
     let Some(held) = claim(seg, want, key) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
@@ -508,7 +510,7 @@ unsafe fn died(
     seg: &Segment,
     s: &mut Slot,
     req: *mut Request,
-    name: &str,
+    name: &crate::handler::Name,
     m: &mut metrics::Req,
     mslot: u32,
     what: &str,
@@ -546,9 +548,9 @@ unsafe fn died(
 
 /// The end of a call as the handler decides it in process: the same code
 /// (handler.rs), with nothing to unload after bad output.
-unsafe fn finish(req: &mut Request, rc: c_int, name: &str) -> c_int {
+unsafe fn finish(req: &mut Request, rc: c_int, name: &crate::handler::Name) -> c_int {
     if rc == 0 && req.phase == Phase::Body {
         return req.finish_body();
     }
-    crate::handler::finish_other(req, rc, &name, &mut || {})
+    crate::handler::finish_other(req, rc, name, &mut || {})
 }
