@@ -70,11 +70,10 @@ pub struct Req {
 }
 
 impl Req {
-    /// # Safety
-    /// `r` is the live request being handled.
-    #[inline]
-    pub unsafe fn start(r: *mut sys::request_rec) -> Req {
-        let mut m = Req {
+    /// A measurement that records nothing until `start` turns it on.
+    #[inline(always)]
+    pub fn off() -> Req {
+        Req {
             rows: std::ptr::null(),
             t0: 0,
             t_body: 0,
@@ -88,27 +87,36 @@ impl Req {
             worker: 0,
             quarantined: false,
             shared: false,
-        };
-        let Some(s) = seg() else { return m };
+        }
+    }
+
+    /// Turns the measurement on for `r` if the metrics are on and the thread
+    /// has rows.  In place rather than a constructor: a returned Req was
+    /// copied field by field on every request.
+    ///
+    /// # Safety
+    /// `r` is the live request being handled.
+    #[inline(always)]
+    pub unsafe fn start(&mut self, r: *mut sys::request_rec) {
+        let Some(s) = seg() else { return };
         let c = (*r).connection;
         if !(*c).master.is_null() {
-            m.start_secondary(s, r);
-            return m;
+            self.start_secondary(s, r);
+            return;
         }
         let sbh = (*c).sbh as *const SbHandle;
         if sbh.is_null() {
-            return m;
+            return;
         }
         let (child, thread) = ((*sbh).child_num as usize, (*sbh).thread_num as usize);
         if child >= s.servers || thread >= s.threads {
-            return m;
+            return;
         }
         if PROC_SLOT.load(Ordering::Relaxed) < 0 && !first_request(s, c, child, thread) {
-            return m;
+            return;
         }
-        m.worker = child * s.threads + thread;
-        m.begin(s, r);
-        m
+        self.worker = child * s.threads + thread;
+        self.begin(s, r);
     }
 
     /// A request on a secondary connection (an HTTP/2 stream): its thread
@@ -144,8 +152,8 @@ impl Req {
         // The callback time accumulated since the last request (initfunc of
         // a load, terminatefunc) was dropped where it happened: see
         // `loaded`, `unloaded` and shim.c's leave().
+        // t_body stays 0 without a body: `record` takes it as t0.
         m.t0 = now_ns();
-        m.t_body = m.t0;
         probes::request_start((*r).filename);
     }
 
