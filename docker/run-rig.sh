@@ -164,13 +164,11 @@ else
     # look at the host's own start-up error (failed_start_reports_apaches_error),
     # that load a module build the image does not have (panics: the
     # fault-injection feature) or LD_PRELOAD an interposer into the host's
-    # apache2 (spawn_failure), cannot run here; nor prefork::latency, whose
-    # "first request is the only quick one" failed in the container in the
-    # 2026-12-03 rehearsal (undiagnosed).  The native suite runs them all.
+    # apache2 (spawn_failure), cannot run here.  The native suite runs them all.
     # Named, and said in the log, never silent.
     RIG_SKIPS="--skip trust_root --skip user_and_limits --skip workers_directive_checked"
     RIG_SKIPS+=" --skip failed_start_reports_apaches_error --skip panics_cost_the_request"
-    RIG_SKIPS+=" --skip watchdog_that_cannot_start --skip no_deadline_and_recycle_backstop --skip prefork::latency"
+    RIG_SKIPS+=" --skip watchdog_that_cannot_start --skip no_deadline_and_recycle_backstop"
     log "integration suite against $LIBCGI_HTTPD_IMAGE (prefork and event; not here: $RIG_SKIPS)"
     (cd "$LIBCGI_REPO_DIR" &&
         LIBCGI_TEST_DOCKER_IMAGE=$LIBCGI_HTTPD_IMAGE cargo test --release --no-fail-fast -- --skip worker:: $RIG_SKIPS) ||

@@ -68,7 +68,8 @@ pub unsafe extern "C" fn handler(r: *mut sys::request_rec) -> c_int {
     // The whole request inside the catch, metrics included: the measurement
     // stays in the closure's registers instead of crossing the landing pad.
     crate::panic::catch(|| {
-        let mut m = metrics::Req::start(r);
+        let mut m = metrics::Req::off();
+        m.start(r);
         let rc = handle(r, &mut m);
         m.end(r, rc);
         rc

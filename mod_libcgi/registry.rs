@@ -175,6 +175,10 @@ pub struct Script {
     /// Its row in the metrics (see metrics::slot_for), once loaded: the row
     /// of the path it was loaded through, whichever path a request used.
     pub metrics_slot: Option<u32>,
+    /// The word of that row that says whether the script may be in
+    /// quarantine (metrics::quarantine::word), found once at load: every
+    /// request of the loaded script reads it.
+    quarantine_word: Option<&'static std::sync::atomic::AtomicU64>,
     /// The object's entry in the registry.  Declared last: it drops after
     /// `impl Drop` has run terminatefunc and closed the library, which is
     /// when the same inode may be loaded again.
@@ -236,6 +240,7 @@ impl Script {
                 lib: Some(lib),
                 fd: Some(fd),
                 metrics_slot: None,
+                quarantine_word: None,
                 object: None,
             };
             if let Some(init) = init {
@@ -273,6 +278,7 @@ impl Script {
             let slot = crate::metrics::slot_for(path);
             crate::metrics::loaded(slot, path);
             script.metrics_slot = Some(slot);
+            script.quarantine_word = crate::metrics::quarantine::word(slot);
             Ok(script)
         }
     }
@@ -491,7 +497,7 @@ impl Registry {
         if let Some(e) = relock(self.paths.read()).get(path.to_bytes()).filter(|e| e.ident == ident) {
             // Quarantined by a fault in another process, where this one
             // still has the script loaded: one word of its shared row.
-            if !crate::metrics::quarantine::maybe(e.script.metrics_slot) {
+            if !crate::metrics::quarantine::maybe(e.script.quarantine_word) {
                 return Ok(e.script.clone());
             }
         }

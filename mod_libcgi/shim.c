@@ -99,6 +99,13 @@ struct libcgi_guard {
     char *altstack;
     size_t altstack_len;
     struct libcgi_saved *outer;      /* the calls this one is nested in */
+    /* Time in callbacks for mod_libcgi/metrics (see enter/leave): here rather
+     * than in thread-locals of their own, because every callback has `g` in
+     * a register already, where each extra thread-local costs a GOT load. */
+    uint64_t cb_t0;                  /* the outermost callback's start */
+    uint64_t cb_ns;                  /* summed callback time (clock ticks) */
+    uint64_t hdr_ns;                 /* of which the header parser's callback */
+    int hdr_in_cb;                   /* the header parser ran in this callback */
 };
 
 /* What a nested call (a subrequest run from inside a script's lwrite) saves
@@ -794,22 +801,19 @@ __attribute__((noinline, cold, noreturn)) static void stack_exhausted(struct lib
 /* Time in callbacks, for mod_libcgi/metrics (the "callbacks" phase): the
  * outermost enter/leave read the clock (mod_libcgi/metrics/clock.rs: the
  * TSC where CLOCK_MONOTONIC itself is the TSC, else CLOCK_MONOTONIC through
- * the vDSO; no syscall either way) and add the difference here, in clock
- * ticks; the handler takes and zeroes it after processfunc.  The callback in
- * which Apache's header parser ran (an lwrite) counts whole as the "output"
- * phase instead (hdr_ns, which is part of cb_ns): it parsed the headers and
- * handed the response to Apache, and marking it costs a flag where a clock
- * read after the parser cost as much as the rest of the callback timing. */
-static __thread uint64_t cb_t0 __attribute__((tls_model("initial-exec")));
-static __thread uint64_t cb_ns __attribute__((tls_model("initial-exec")));
-static __thread uint64_t hdr_ns __attribute__((tls_model("initial-exec")));
-static __thread int hdr_in_cb __attribute__((tls_model("initial-exec")));
+ * the vDSO; no syscall either way) and add the difference to the thread's
+ * guard (cb_ns), in clock ticks; the handler takes and zeroes it after
+ * processfunc.  The callback in which Apache's header parser ran (an lwrite)
+ * counts whole as the "output" phase instead (hdr_ns, which is part of
+ * cb_ns): it parsed the headers and handed the response to Apache, and
+ * marking it costs a flag where a clock read after the parser cost as much
+ * as the rest of the callback timing. */
 static int cb_timing; /* 0 off, 1 CLOCK_MONOTONIC ns, 2 TSC */
 
 static inline uint64_t mono_ns(void)
 {
 #if defined(__x86_64__)
-    if (cb_timing == 2)
+    if (__builtin_expect(cb_timing == 2, 1))
         return __builtin_ia32_rdtsc();
 #endif
     struct timespec ts;
@@ -825,16 +829,21 @@ void libcgi_hdr_done(void)
 {
     struct libcgi_guard *g = thread_guard;
     if (g && g->depth > 0)
-        hdr_in_cb = 1;
+        g->hdr_in_cb = 1;
 }
 
 uint64_t libcgi_cb_take(uint64_t *hdr)
 {
-    uint64_t v = cb_ns;
-    *hdr = hdr_ns;
-    cb_ns = 0;
-    hdr_ns = 0;
-    hdr_in_cb = 0; /* a callback left by a jump */
+    struct libcgi_guard *g = thread_guard;
+    if (__builtin_expect(g == NULL, 0)) {
+        *hdr = 0;
+        return 0;
+    }
+    uint64_t v = g->cb_ns;
+    *hdr = g->hdr_ns;
+    g->cb_ns = 0;
+    g->hdr_ns = 0;
+    g->hdr_in_cb = 0; /* a callback left by a jump */
     return v;
 }
 
@@ -846,7 +855,7 @@ static inline void enter(void)
         if (__builtin_expect((uintptr_t)sp - g->stack_low < CALLBACK_HEADROOM, 0) && g->armed && g->depth == 0)
             stack_exhausted(g, sp);
         if (g->depth++ == 0 && cb_timing)
-            cb_t0 = mono_ns();
+            g->cb_t0 = mono_ns();
     }
 }
 
@@ -857,11 +866,11 @@ static inline void leave(void)
      * and terminatefunc's is dropped where they run (metrics::loaded, the
      * registry's Script::drop), which costs less than asking here. */
     if (g && g->depth == 1 && cb_timing) {
-        uint64_t d = mono_ns() - cb_t0;
-        cb_ns += d;
-        if (__builtin_expect(hdr_in_cb, 0)) {
-            hdr_ns += d;
-            hdr_in_cb = 0;
+        uint64_t d = mono_ns() - g->cb_t0;
+        g->cb_ns += d;
+        if (__builtin_expect(g->hdr_in_cb, 0)) {
+            g->hdr_ns += d;
+            g->hdr_in_cb = 0;
         }
     }
     if (g && --g->depth == 0 && g->armed && g->pending) {

@@ -385,7 +385,10 @@ fn latency(mpm: Mpm) {
         // Never below: a sleep lasts at least what it asked for.  Above only
         // when the machine was too busy to wake the thread within 5 ms (the
         // test machine is shared): most, and the median, must be in it.
-        assert_eq!(buckets[..b25 - 1].iter().sum::<u64>(), 1, "{phase}: only the first, quick request is below");
+        // The first, unsleeping request is usually below too, but not
+        // always: its total includes the load, which on a loaded machine
+        // (the docker rig runs the whole suite at once) took over 10 ms.
+        assert!(buckets[..b25 - 1].iter().sum::<u64>() <= 1, "{phase}: a 20 ms sleep below 10 ms: {s}");
         assert!(buckets[b25] > n / 2, "{phase}: 20 ms sleeps in (10 ms, 25 ms]: {s}");
     }
     let p50 = s["latency"]["script"]["p50"].as_f64().unwrap();

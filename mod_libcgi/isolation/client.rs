@@ -121,8 +121,9 @@ fn put(d: &mut [u8], at: &mut usize, b: &[u8]) -> bool {
 /// request in `SAMPLE`, `cross` gets the CPU cost of its crossings in ns:
 /// this thread's CPU time from handing the request over to "done", less its
 /// time pushing output down the filter chain (which the in-process path
-/// pays too), plus the worker's CPU time outside processfunc; not when the
-/// call loaded the script or did not end normally.
+/// pays too), plus the worker's CPU time since its previous request ended,
+/// less the script's own (processfunc less its callbacks' round trips); not
+/// when the call loaded the script or did not end normally.
 ///
 /// # Safety
 /// `r` is the live request; `input` its body (NUL-terminated) or null.

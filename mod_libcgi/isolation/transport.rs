@@ -231,7 +231,9 @@ pub fn ring(word: &AtomicU32) {
 }
 
 /// One request in this many measures its crossing cost (CPU time on both
-/// sides: seven clock reads that are syscalls).
+/// sides: seven clock reads that are syscalls, and two per round trip its
+/// callbacks make; the worker also reads its clock at the end of every
+/// request, see worker.rs LAST_END).
 pub const SAMPLE: u32 = 8;
 
 /// CPU time of the calling thread in ns (wall time would count the run

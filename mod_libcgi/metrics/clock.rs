@@ -29,12 +29,28 @@ pub fn ticks() -> u64 {
         // SAFETY: rdtsc exists on every x86-64 CPU and has no preconditions.
         return unsafe { core::arch::x86_64::_rdtsc() };
     }
+    mono_ticks()
+}
+
+/// Out of line, so that the usual `rdtsc` falls through without a jump over
+/// this one at every read.
+#[cold]
+#[inline(never)]
+fn mono_ticks() -> u64 {
     mono_ns()
 }
 
+/// The factor `to_ns` applies: loaded once per request, since the compiler
+/// may not merge loads of an atomic.
 #[inline(always)]
-pub fn to_ns(ticks: u64) -> u64 {
-    ((ticks as u128 * MULT.load(Ordering::Relaxed) as u128) >> 32) as u64
+pub fn mult() -> u64 {
+    MULT.load(Ordering::Relaxed)
+}
+
+/// Ticks to nanoseconds with the factor `mult()` returned.
+#[inline(always)]
+pub fn to_ns(mult: u64, ticks: u64) -> u64 {
+    ((ticks as u128 * mult as u128) >> 32) as u64
 }
 
 /// Whether CLOCK_MONOTONIC is the TSC here.

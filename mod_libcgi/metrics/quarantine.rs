@@ -19,7 +19,7 @@
 use super::seg;
 use super::segment::Events;
 use std::ffi::CStr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -37,14 +37,18 @@ fn events(slot: u32) -> Option<&'static Events> {
     ((slot as usize) < s.slots).then(|| s.events(slot as usize))
 }
 
-/// Whether the script of row `slot` may be in quarantine somewhere (one load
-/// of a word that is nearly always 0): the per-request check.
+/// The word `maybe` reads for the script of row `slot`: None when the script
+/// has no row of its own (metrics off, or the "other" row).  Found once, at
+/// load, so that a request does not compute the row's address again.
+pub fn word(slot: u32) -> Option<&'static AtomicU64> {
+    events(slot).map(|e| &e.q_until)
+}
+
+/// Whether the script whose `word` this is may be in quarantine somewhere
+/// (one load of a word that is nearly always 0): the per-request check.
 #[inline(always)]
-pub fn maybe(slot: Option<u32>) -> bool {
-    match slot.and_then(events) {
-        Some(e) => e.q_until.load(Ordering::Relaxed) != 0,
-        None => false,
-    }
+pub fn maybe(word: Option<&AtomicU64>) -> bool {
+    word.is_some_and(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 /// Milliseconds of the quarantine left for the file `ident` (a hash of its

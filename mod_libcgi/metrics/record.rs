@@ -28,7 +28,7 @@ unsafe extern "C" {
     fn libcgi_cb_timing(on: c_int);
 }
 
-use super::clock::{ticks as now_ns, to_ns};
+use super::clock::{mult, ticks as now_ns, to_ns};
 
 /// 0: off; otherwise what clock::setup chose.
 pub fn set_callback_timing(how: i32) {
@@ -52,8 +52,6 @@ struct SbHandle {
 /// One request's measurement.
 pub struct Req {
     rows: *const Row,
-    /// The worker's used-row bitmap.
-    used: *const AtomicU64,
     t0: u64,
     t_body: u64,
     t_load: u64,
@@ -79,13 +77,11 @@ pub struct Req {
 }
 
 impl Req {
-    /// # Safety
-    /// `r` is the live request being handled.
-    #[inline]
-    pub unsafe fn start(r: *mut sys::request_rec) -> Req {
-        let mut m = Req {
+    /// A measurement that records nothing until `start` turns it on.
+    #[inline(always)]
+    pub fn off() -> Req {
+        Req {
             rows: std::ptr::null(),
-            used: std::ptr::null(),
             t0: 0,
             t_body: 0,
             t_load: 0,
@@ -101,27 +97,36 @@ impl Req {
             dom: std::ptr::null(),
             dom_isolated: false,
             cross: None,
-        };
-        let Some(s) = seg() else { return m };
+        }
+    }
+
+    /// Turns the measurement on for `r` if the metrics are on and the thread
+    /// has rows.  In place rather than a constructor: a returned Req was
+    /// copied field by field on every request.
+    ///
+    /// # Safety
+    /// `r` is the live request being handled.
+    #[inline(always)]
+    pub unsafe fn start(&mut self, r: *mut sys::request_rec) {
+        let Some(s) = seg() else { return };
         let c = (*r).connection;
         if !(*c).master.is_null() {
-            m.start_secondary(s, r);
-            return m;
+            self.start_secondary(s, r);
+            return;
         }
         let sbh = (*c).sbh as *const SbHandle;
         if sbh.is_null() {
-            return m;
+            return;
         }
         let (child, thread) = ((*sbh).child_num as usize, (*sbh).thread_num as usize);
         if child >= s.servers || thread >= s.threads {
-            return m;
+            return;
         }
         if PROC_SLOT.load(Ordering::Relaxed) < 0 && !first_request(s, c, child, thread) {
-            return m;
+            return;
         }
-        m.worker = child * s.threads + thread;
-        m.begin(s, r);
-        m
+        self.worker = child * s.threads + thread;
+        self.begin(s, r);
     }
 
     /// A request on a secondary connection (an HTTP/2 stream): its thread
@@ -154,13 +159,11 @@ impl Req {
     unsafe fn begin(&mut self, s: &Seg, r: *mut sys::request_rec) {
         let m = self;
         m.rows = s.rows_of(m.worker);
-        m.used = s.used(m.worker).as_ptr();
-        m.slot = s.slots;
         // The callback time accumulated since the last request (initfunc of
         // a load, terminatefunc) was dropped where it happened: see
         // `loaded`, `unloaded` and shim.c's leave().
+        // t_body stays 0 without a body: `record` takes it as t0.
         m.t0 = now_ns();
-        m.t_body = m.t0;
         probes::request_start((*r).filename);
     }
 
@@ -195,18 +198,35 @@ impl Req {
         // SAFETY: the slot index is at most `slots` (segment::slot_for), and
         // this thread's rows are written only by this thread.
         let row = unsafe { &*self.rows.add(slot) };
-        // SAFETY: the bitmap has a bit for every slot up to `slots`.
-        let used = unsafe { &*self.used.add(slot / 64) };
-        let bit = 1u64 << (slot % 64);
         if self.shared {
-            row.started.fetch_add(1, Ordering::Relaxed);
-            used.fetch_or(bit, Ordering::Relaxed);
+            if row.started.fetch_add(1, Ordering::Relaxed) == 0 {
+                self.mark_used(slot);
+            }
             return;
         }
-        bump(&row.started, 1);
-        let u = used.load(Ordering::Relaxed);
-        if u & bit == 0 {
-            used.store(u | bit, Ordering::Relaxed);
+        // The row's bit in the used-row bitmap is set exactly when its first
+        // request starts: `started` is 0 until then (both are zeroed
+        // together), and it is loaded here anyway.
+        let n = row.started.load(Ordering::Relaxed);
+        row.started.store(n.wrapping_add(1), Ordering::Relaxed);
+        if n == 0 {
+            self.mark_used(slot);
+        }
+    }
+
+    /// The first request of this row block's `slot`: its bit in the block's
+    /// used-row bitmap (once per thread and script).
+    #[cold]
+    #[inline(never)]
+    fn mark_used(&self, slot: usize) {
+        let Some(s) = seg() else { return };
+        // SAFETY: the bitmap has a bit for every slot up to `slots`.
+        let used = unsafe { &*s.used(self.worker).as_ptr().add(slot / 64) };
+        let bit = 1u64 << (slot % 64);
+        if self.shared {
+            used.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            used.store(used.load(Ordering::Relaxed) | bit, Ordering::Relaxed);
         }
     }
 
@@ -280,7 +300,7 @@ impl Req {
     #[inline(never)]
     fn outcome(&self, out: &guard::Outcome, path: &CStr, recycle: bool) {
         let Some(s) = seg() else { return };
-        let e = s.events(self.slot);
+        let e = s.events(if self.slot_known { self.slot } else { s.slots });
         let p = s.procs(proc_slot());
         match out.kind {
             guard::FAULT => {
@@ -341,6 +361,14 @@ impl Req {
         self.record::<true>(r, rc);
     }
 
+    /// Refused before a script file was identified: "other".
+    #[cold]
+    #[inline(never)]
+    fn refused(&mut self, t_end: u64) {
+        self.t_load = t_end;
+        self.set_slot(seg().map_or(0, |s| s.slots));
+    }
+
     #[inline(always)]
     unsafe fn record<const SHARED: bool>(&mut self, r: *mut sys::request_rec, rc: c_int) {
         let bump = |c: &AtomicU64, n: u64| {
@@ -352,33 +380,33 @@ impl Req {
         };
         let t_end = now_ns();
         if !self.slot_known {
-            // Refused before a script file was identified: "other".
-            self.t_load = t_end;
-            self.set_slot(self.slot);
+            self.refused(t_end);
         }
         // Missing boundaries collapse onto the previous one, so the phases
         // always add up to the total exactly.  Each boundary is also held to
         // be no earlier than the one before: the TSC of the CPU a thread
         // moved to may trail by a few ticks, and a negative phase would wrap
         // into the top bucket and the sums for good.
+        // (An unset t_proc is 0, and so becomes t_load here.)
         let t_body = self.t_body.max(self.t0);
         let t_load = self.t_load.max(t_body);
-        let t_proc = if self.t_proc == 0 { t_load } else { self.t_proc.max(t_load) };
+        let t_proc = self.t_proc.max(t_load);
         let t_end = t_end.max(t_proc);
         let cb = self.cb_ns.min(t_proc - t_load);
         let hdr = self.hdr_ns.min(cb);
         // Each phase converted to ns on its own and the total as their sum,
         // so that the rounding cannot make them disagree.
+        let m = mult();
         let mut phases = [
-            to_ns(t_load - t_body),
-            to_ns((t_proc - t_load) - cb),
-            to_ns((t_body - self.t0) + (cb - hdr)),
-            to_ns(hdr + (t_end - t_proc)),
+            to_ns(m, t_load - t_body),
+            to_ns(m, (t_proc - t_load) - cb),
+            to_ns(m, (t_body - self.t0) + (cb - hdr)),
+            to_ns(m, hdr + (t_end - t_proc)),
             0,
         ];
         phases[P_TOTAL] = phases[P_LOAD] + phases[P_SCRIPT] + phases[P_CALLBACKS] + phases[P_OUTPUT];
         let status = if rc == sys::OK as c_int || rc == sys::DONE { (*r).status } else { rc };
-        let class = ((status / 100) as usize).clamp(1, 5) - 1;
+        let class = status_class(status);
         let row = &*self.rows.add(self.slot);
         bump(&row.class[class], 1);
         bump(&row.bytes_out, (*r).bytes_sent.max(0) as u64);
@@ -390,7 +418,8 @@ impl Req {
         }
         // The total's sum is the sum of the phases' (the reader adds them).
         for (p, &ns) in phases.iter().enumerate() {
-            bump(&row.hist[p][segment::bucket(ns)], 1);
+            // SAFETY: bucket() is below NB, the length of a histogram.
+            bump(row.hist[p].get_unchecked(segment::bucket(ns)), 1);
             if p != P_TOTAL {
                 bump(&row.sum_ns[p], ns);
             }
@@ -448,6 +477,22 @@ impl Req {
             d.in_ns.fetch_add(ns, Ordering::Relaxed);
         }
     }
+}
+
+/// The index in `Row::class` of a status: 1xx (and anything below 200 or
+/// out of range), 2xx ... 5xx.  A 2xx takes one comparison.
+#[inline(always)]
+fn status_class(status: c_int) -> usize {
+    if (status as u32).wrapping_sub(200) < 100 {
+        return 1;
+    }
+    other_class(status)
+}
+
+#[cold]
+#[inline(never)]
+fn other_class(status: c_int) -> usize {
+    ((status / 100) as usize).clamp(1, 5) - 1
 }
 
 /// Adds to a counter only this thread writes: a load and a store, no

@@ -199,6 +199,10 @@ pub struct Seg {
     procs: usize,
     used: usize,
     rows: usize,
+    /// Bytes of one worker's rows and of its used-row bitmap: precomputed,
+    /// since every request finds its rows by them.
+    row_block: usize,
+    used_block: usize,
     pub bytes: usize,
 }
 
@@ -242,6 +246,8 @@ impl Seg {
             procs,
             used,
             rows,
+            row_block: rows_per_worker * std::mem::size_of::<Row>(),
+            used_block: used_words * 8,
             bytes: off,
         }
     }
@@ -270,7 +276,7 @@ impl Seg {
         // SAFETY: in bounds of the used part; AtomicU64 has u64's layout.
         unsafe {
             std::slice::from_raw_parts(
-                self.base.add(self.used + worker * self.used_words * 8) as *const AtomicU64,
+                self.base.add(self.used + worker * self.used_block) as *const AtomicU64,
                 self.used_words,
             )
         }
@@ -282,7 +288,7 @@ impl Seg {
     /// The first of a worker's rows.
     pub fn rows_of(&self, worker: usize) -> *const Row {
         // SAFETY: in bounds of the rows part (worker < servers x threads).
-        unsafe { self.base.add(self.rows + worker * (self.slots + 1) * std::mem::size_of::<Row>()) as *const Row }
+        unsafe { self.base.add(self.rows + worker * self.row_block) as *const Row }
     }
     /// Row blocks: the worker threads', then one shared block per process.
     pub fn blocks(&self) -> usize {
@@ -448,9 +454,20 @@ const OCTAVES: [(u8, u64); 64] = {
     t
 };
 
+/// Every bucket `OCTAVES` gives is a valid index of a histogram.
+const _: () = {
+    let mut k = 0;
+    while k < 64 {
+        assert!((OCTAVES[k].0 as usize) + 1 < NB || OCTAVES[k].1 == u64::MAX && (OCTAVES[k].0 as usize) < NB);
+        k += 1;
+    }
+};
+
 /// The bucket of a duration (Prometheus' `le`: ns <= bound): a table
 /// look-up by octave and one comparison, where a binary search over the
-/// bounds would take five data-dependent branches on every phase.
+/// bounds would take five data-dependent branches on every phase.  Always
+/// below `NB` (checked at compile time above), so callers index without a
+/// bounds check.
 #[inline]
 pub fn bucket(ns: u64) -> usize {
     let (i, bound) = OCTAVES[63 - (ns | 1).leading_zeros() as usize];
