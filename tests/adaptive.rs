@@ -40,6 +40,11 @@ fn server_with(mpm: Mpm, more: &str) -> (Apache, std::path::PathBuf) {
                <Files \"p_*.so\">\n  LibCGIIsolation process\n</Files>\n"
         .to_string()
         + more;
+    // i_* is the in-process control: under LIBCGI_TEST_ISOLATION the
+    // harness makes the directory's default isolated, so say it there.
+    if !isolation_directive().is_empty() {
+        c.extra += "<Files \"i_*.so\">\n  LibCGIIsolation inprocess\n</Files>\n";
+    }
     let a = Apache::start(c);
     let life = a.bin.join("life.log");
     fs::write(&life, "").unwrap();
