@@ -73,7 +73,9 @@ fn main() {
         .clang_args(includes.iter().map(|d| format!("-I{d}")))
         .clang_args(defines.iter().cloned())
         .allowlist_function("ap_.*|apr_.*")
-        .allowlist_type("request_rec|module_struct|command_rec|cmd_parms|core_dir_config|core_server_config")
+        .allowlist_type(
+            "request_rec|module_struct|command_rec|cmd_parms|core_dir_config|core_server_config|apr_table_entry_t",
+        )
         .allowlist_var(
             "MODULE_MAGIC_.*|APLOG_.*|OK|DECLINED|DONE|HTTP_.*|OPT_.*|ACCESS_CONF|RSRC_CONF|OR_.*\
              |APR_.*|M_.*|AP_.*|REMOTE_.*|REQUEST_CHUNKED_.*|HUGE_STRING_LEN|MAX_STRING_LEN\

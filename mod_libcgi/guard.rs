@@ -142,6 +142,7 @@ pub struct RsApi {
 unsafe extern "C" {
     pub fn libcgi_install_handlers(timer_signal: c_int, error_log_fd: c_int) -> c_int;
     pub fn libcgi_set_api(api: *const RsApi);
+    pub fn libcgi_watch_forks() -> c_int;
     fn libcgi_thread_guard() -> *mut c_void;
     fn libcgi_guard_expire(guard: *mut c_void);
     fn libcgi_guard_force(guard: *mut c_void);

@@ -22,7 +22,7 @@ const HTTP_INTERNAL_SERVER_ERROR: c_int = sys::HTTP_INTERNAL_SERVER_ERROR as c_i
 
 /// A script's path for messages.
 #[derive(Clone, Copy)]
-struct Name<'a>(&'a CStr);
+pub(crate) struct Name<'a>(pub(crate) &'a CStr);
 
 impl std::fmt::Display for Name<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,7 +156,7 @@ unsafe fn handle(r: *mut sys::request_rec, m: &mut metrics::Req) -> c_int {
         crate::isolation::Route::Isolated(d, e) => {
             return crate::isolation::handle(r, d, e, ident, input, input_len, &cfg, m)
         }
-        crate::isolation::Route::Promoted(i, e) => Some(crate::isolation::InProcess::start(i, e)),
+        crate::isolation::Route::Promoted(i, e) => Some(crate::isolation::InProcess::start(i, e, m)),
     };
     let mut req = Request::new(r, input_len);
     let reqp: *mut Request = &mut req;

@@ -122,6 +122,9 @@ impl Request {
         // it where it is, without copying it into the buffer first.
         if self.hdr.is_empty() {
             if let Some(end) = header_end(data) {
+                if end > MAX_HEADER_BLOCK {
+                    return self.block_too_big();
+                }
                 let status = self.parse_headers(&data[..end]);
                 return self.headers_parsed(status, &data[end..], data.len());
             }
@@ -140,17 +143,7 @@ impl Request {
             Scan::More(line) => {
                 self.hdr_line = line;
                 if self.hdr.len() > MAX_HEADER_BLOCK {
-                    log::rerror(
-                        self.r,
-                        sys::APLOG_ERR,
-                        0,
-                        &format!(
-                            "{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line",
-                            self.filename()
-                        ),
-                    );
-                    self.fail_headers();
-                    return -1;
+                    return self.block_too_big();
                 }
                 data.len() as c_int
             }
@@ -161,6 +154,10 @@ impl Request {
                 debug_assert_ne!(status, sys::OK as c_int);
                 self.headers_parsed(status, &[], data.len())
             }
+            // The limit is the block's, however it was written: the end may
+            // come in the write that crosses it (an isolated worker's
+            // output arrives in chunks of 252 KiB).
+            Scan::End(end) if end > MAX_HEADER_BLOCK => self.block_too_big(),
             Scan::End(end) => {
                 let rest = self.hdr.split_off(end);
                 let block = std::mem::take(&mut self.hdr);
@@ -168,6 +165,22 @@ impl Request {
                 self.headers_parsed(status, &rest, data.len())
             }
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn block_too_big(&mut self) -> c_int {
+        log::rerror(
+            self.r,
+            sys::APLOG_ERR,
+            0,
+            &format!(
+                "{}: script header block exceeds {MAX_HEADER_BLOCK} bytes without the blank line",
+                self.filename()
+            ),
+        );
+        self.fail_headers();
+        -1
     }
 
     /// Acts on what Apache's parser said of the header block; `rest` is the

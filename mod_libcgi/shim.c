@@ -335,6 +335,14 @@ static void atfork_child(void)
     }
 }
 
+/* An isolated worker installs no handlers, but the child of its script's
+ * fork() must end as it does in the server (exit, or the return from
+ * processfunc, ends it), not answer the worker's request a second time. */
+int libcgi_watch_forks(void)
+{
+    return pthread_atfork(NULL, NULL, atfork_child);
+}
+
 /* Installs the handlers in a server child process (child_init).  Returns 0,
  * or the errno of the failing sigaction. */
 int libcgi_install_handlers(int timer_signal, int error_log_fd)

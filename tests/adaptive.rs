@@ -25,6 +25,10 @@ const COOL_DOWN: Duration = Duration::from_secs(10);
 /// budget of 0.5% of the CPUs, which a few hundred requests a second of one
 /// script exceed on any machine, and two a second do not.
 fn server(mpm: Mpm) -> (Apache, std::path::PathBuf) {
+    server_with(mpm, "")
+}
+
+fn server_with(mpm: Mpm, more: &str) -> (Apache, std::path::PathBuf) {
     let mut c = Config::new(mpm);
     // Prefork: a process per open connection (7 load clients and the polls).
     if mpm == Mpm::Prefork {
@@ -34,7 +38,13 @@ fn server(mpm: Mpm) -> (Apache, std::path::PathBuf) {
     c.extra = "<Location /libcgi-status>\n  SetHandler libcgi-status\n</Location>\n\
                LibCGIIsolationBudget 0.5\n<Files \"a_*.so\">\n  LibCGIIsolation adaptive\n</Files>\n\
                <Files \"p_*.so\">\n  LibCGIIsolation process\n</Files>\n"
-        .into();
+        .to_string()
+        + more;
+    // i_* is the in-process control: under LIBCGI_TEST_ISOLATION the
+    // harness makes the directory's default isolated, so say it there.
+    if !isolation_directive().is_empty() {
+        c.extra += "<Files \"i_*.so\">\n  LibCGIIsolation inprocess\n</Files>\n";
+    }
     let a = Apache::start(c);
     let life = a.bin.join("life.log");
     fs::write(&life, "").unwrap();
@@ -391,6 +401,26 @@ fn fault_in_process_demotes_at_once_and_cools_down(mpm: Mpm) {
     assert!(dead_children(&log).is_empty(), "{log}");
 }
 
+/// The policy counts a request in its thread's own metrics row; a script
+/// without a row of its own (here: LibCGIStatusSlots 1, taken by another
+/// script, so it counts in "other") is counted in its policy entry instead,
+/// and is promoted and demoted all the same.
+fn promotes_without_a_metrics_row(mpm: Mpm) {
+    let (a, _life) = server_with(mpm, "LibCGIStatusSlots 1\n");
+    get(&a, "/libcgi-bin/i_hot.so?takes-the-row");
+    let hot = load(&a, "/libcgi-bin/a_hot.so", "h", 3, Duration::ZERO);
+    a.wait_log("a_hot.so promoted", |l| l.contains("a_hot.so: promoted into the server processes (rate "));
+    let p = pid_of(&get(&a, "/libcgi-bin/a_hot.so?after-promotion").text());
+    assert!(is_server_process(&a, p), "promoted, but pid {p} is not a server process");
+    let t = hot.finish();
+    a.wait_log("a_hot.so demoted", |l| l.contains("a_hot.so: demoted to isolated (rate "));
+    let j = status_json(&a);
+    assert!(row(&j, "a_hot.so").is_null(), "a_hot.so has a row of its own: {j}");
+    let log = a.error_log();
+    exact("a_hot", &t, &log);
+    assert!(dead_children(&log).is_empty(), "{log}");
+}
+
 fn with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
     use std::process::Stdio;
     let mut c = cmd
@@ -408,4 +438,8 @@ fn super_tick() -> Duration {
     Duration::from_millis(600)
 }
 
-per_mpm!(promotes_under_load_and_demotes_when_it_drops, fault_in_process_demotes_at_once_and_cools_down);
+per_mpm!(
+    promotes_under_load_and_demotes_when_it_drops,
+    fault_in_process_demotes_at_once_and_cools_down,
+    promotes_without_a_metrics_row
+);

@@ -528,7 +528,55 @@ fn quarantine_isolated(mpm: Mpm) {
     assert_eq!(get_ok(&a, "/libcgi-bin/t.so").text(), "hello v0");
 }
 
+/// The environment an isolated script gets is written from the request's
+/// table, not by ap_create_environment: at `LogLevel libcgi:trace8` every
+/// request compares the two and logs which (the differential test), here
+/// over the names ap_create_environment rewrites (a leading digit, dots,
+/// dashes, bytes that are not ASCII, an '=' in a SetEnv name, an empty
+/// value), repeated headers, TZ from the server's environment and TZ set
+/// for the request.
+fn environment_as_apache_makes_it(mpm: Mpm) {
+    use std::io::{Read, Write};
+    let mut c = Config::new(mpm).extra("HttpProtocolOptions Unsafe\n<Files \"tz_dump.so\">\n  SetEnv TZ UTC\n</Files>");
+    c.loglevel = "warn libcgi:trace8".into();
+    c.env.push(("TZ".into(), "Europe/Paris".into()));
+    let a =
+        server_in(c, "  SetEnv 9lead.x-y v1\n  SetEnv \"odd=name\" v2\n  SetEnv empty \"\"\n  SetEnv FROM_SETENV set");
+    a.install("dump.so", "envdump", &[]);
+    a.install("tz_dump.so", "envdump", &[]);
+    let raw = |path: &str, extra: &[u8]| -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n").into_bytes();
+        req.extend_from_slice(extra);
+        req.extend_from_slice(b"\r\n");
+        s.write_all(&req).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        out
+    };
+    let headers: &[u8] = b"X-Weird-Name: dashes\r\nX-Dot.Name: dots\r\n9Start: digit\r\nX-\xe9\xff: latin\r\n\
+        X_Under: under\r\nX-Empty:\r\nX-Rep: 1\r\nX-Rep: 2\r\nCookie: a=b; c=d\r\n\
+        Content-Type: text/x-odd\r\nAuthorization: Basic eDp5\r\n";
+    let mut n = 0;
+    for path in ["/libcgi-bin/dump.so/extra/path?q=1&r==2", "/libcgi-bin/dump.so", "/libcgi-bin/tz_dump.so?x"] {
+        let out = String::from_utf8_lossy(&raw(path, headers)).into_owned();
+        assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}\n{}", a.error_log());
+        assert!(out.contains("\nHTTP_X_WEIRD_NAME=dashes\n"), "{path}: {out}");
+        assert!(out.contains("\nFROM_SETENV=set\n") && !out.contains("HTTP_AUTHORIZATION"), "{path}: {out}");
+        let tz = if path.contains("tz_") { "UTC" } else { "Europe/Paris" };
+        assert!(out.contains(&format!("\nTZ={tz}\n")), "{path}: {out}");
+        n += 1;
+    }
+    let log = a.wait_log("a comparison per request", |l| {
+        l.matches("isolated environment identical to ap_create_environment's").count() >= n
+    });
+    assert!(!log.contains("isolated environment differs"), "{log}");
+    assert!(dead_children(&log).is_empty(), "{log}");
+}
+
 per_mpm!(
+    environment_as_apache_makes_it,
     manager_respawned_under_load,
     more_scripts_than_workers,
     all_workers_busy,

@@ -12,6 +12,7 @@ use crate::metrics;
 use crate::request::{self, Active, Phase, Request};
 use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,9 @@ pub unsafe fn run(
     mslot: u32,
     cross: &mut Option<u64>,
 ) -> c_int {
-    let name = CStr::from_ptr((*r).filename).to_string_lossy().into_owned();
+    // Formatted only when a message is written (a String per request was
+    // an allocation and a UTF-8 check on every call).
+    let name = crate::handler::Name(CStr::from_ptr((*r).filename));
     let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
     let Some(held) = claim(seg, want, key) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
@@ -183,10 +186,14 @@ pub unsafe fn run(
     // Marked only now: a manager that starts the slot's new worker marks it
     // fresh (0), and this worker is about to load this script.
     s.script = key;
-    // The environment mod_cgi would give the process, built by Apache.
+    // The environment mod_cgi would give the process: Apache's variables,
+    // written from the table as ap_create_environment would write them.
     sys::ap_add_common_vars(r);
     sys::ap_add_cgi_vars(r);
-    let envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
+    let envp = Vars::of(r);
+    if log::r_enabled(r, sys::APLOG_TRACE8) {
+        envp.check_against_apache(r);
+    }
     let path = CStr::from_ptr((*r).filename).to_bytes();
     let body: &[u8] = if input.is_null() { &[] } else { std::slice::from_raw_parts(input as *const u8, input_len) };
     // The path and environment straight into the slot; an environment
@@ -195,10 +202,10 @@ pub unsafe fn run(
     // as the body does.
     let mut at = 0;
     let mut head_rest: Vec<u8> = Vec::new();
-    if !put_env(&mut s.data, &mut at, path, envp) {
-        let mut all = vec![0u8; env_len(path, envp)];
+    if !envp.put(&mut s.data, &mut at, path) {
+        let mut all = vec![0u8; envp.len(path)];
         at = 0;
-        put_env(&mut all, &mut at, path, envp);
+        envp.put(&mut all, &mut at, path);
         s.data.copy_from_slice(&all[..DATA]);
         head_rest = all.split_off(DATA);
         at = DATA;
@@ -336,28 +343,157 @@ pub unsafe fn run(
     }
 }
 
-/// Appends the path and the environment (each NUL-terminated, an empty
-/// string at the end); false when they do not fit.
-unsafe fn put_env(d: &mut [u8], at: &mut usize, path: &[u8], mut envp: *mut *mut c_char) -> bool {
-    if !put(d, at, path) {
-        return false;
-    }
-    while !(*envp).is_null() {
-        if !put(d, at, CStr::from_ptr(*envp).to_bytes()) {
-            return false;
-        }
-        envp = envp.add(1);
-    }
-    put(d, at, b"")
+/// The CGI environment of a request as `ap_create_environment` makes it
+/// of `r->subprocess_env`, read from the table's entries and written
+/// straight into the slot: without the pool strings and the pointer array
+/// Apache builds first (about 10,700 instructions a request at 28 B, the
+/// largest part of an isolated request's server-side cost).  What it must
+/// reproduce (server/util_script.c): "TZ=" and the process's TZ first when
+/// the table has no TZ; then each entry with a key, in order, as
+/// "key=value" (a null value as empty); in the name up to its first '=',
+/// a leading digit and every byte that is not alphanumeric (isalnum, as
+/// apr_isalnum) become '_'.  `LogLevel libcgi:trace8` compares the two on
+/// every request (test `env.rs environment_as_apache_makes_it`).
+struct Vars {
+    elts: *const sys::apr_table_entry_t,
+    n: usize,
+    tz: *const c_char,
 }
 
-unsafe fn env_len(path: &[u8], mut envp: *mut *mut c_char) -> usize {
-    let mut n = path.len() + 2;
-    while !(*envp).is_null() {
-        n += CStr::from_ptr(*envp).to_bytes().len() + 1;
-        envp = envp.add(1);
+/// This process's ctype (the locale Apache runs its children in; built
+/// once): per byte, what ap_create_environment writes for it in a name
+/// ('_' unless isalnum, as apr_isalnum), and whether it is a digit.
+struct Ctype {
+    name: [u8; 256],
+    digit: [bool; 256],
+}
+
+fn ctype() -> &'static Ctype {
+    static T: std::sync::OnceLock<Ctype> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Ctype { name: [b'_'; 256], digit: [false; 256] };
+        for c in 0..256 {
+            // SAFETY: isalnum and isdigit take any unsigned char value.
+            unsafe {
+                if libc::isalnum(c as c_int) != 0 {
+                    t.name[c] = c as u8;
+                }
+                t.digit[c] = libc::isdigit(c as c_int) != 0;
+            }
+        }
+        t
+    })
+}
+
+impl Vars {
+    /// # Safety
+    /// `r` is live; its subprocess_env stays unchanged while this is used.
+    unsafe fn of(r: *mut sys::request_rec) -> Vars {
+        let t = (*r).subprocess_env;
+        // apr_table_elts(t): the table starts with its array of entries.
+        let a = t as *const sys::apr_array_header_t;
+        let tz = libc::getenv(c"TZ".as_ptr());
+        let tz = if !tz.is_null() && sys::apr_table_get(t, c"TZ".as_ptr()).is_null() { tz } else { ptr::null() };
+        Vars { elts: (*a).elts as *const sys::apr_table_entry_t, n: (*a).nelts.max(0) as usize, tz }
     }
-    n
+
+    /// Each variable as (name, value), unsanitised.
+    fn each(&self, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> bool {
+        // SAFETY: the strings live in the request pool or are static.
+        unsafe {
+            if !self.tz.is_null() && !f(b"TZ", CStr::from_ptr(self.tz).to_bytes()) {
+                return false;
+            }
+            for i in 0..self.n {
+                let e = &*self.elts.add(i);
+                if e.key.is_null() {
+                    continue;
+                }
+                let v = if e.val.is_null() { &b""[..] } else { CStr::from_ptr(e.val).to_bytes() };
+                if !f(CStr::from_ptr(e.key).to_bytes(), v) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Bytes `put` writes for the path and these variables.
+    fn len(&self, path: &[u8]) -> usize {
+        let mut n = path.len() + 2;
+        self.each(|k, v| {
+            n += k.len() + v.len() + 2;
+            true
+        });
+        n
+    }
+
+    /// Appends the path and the variables (each NUL-terminated, an empty
+    /// string at the end); false when they do not fit.
+    fn put(&self, d: &mut [u8], at: &mut usize, path: &[u8]) -> bool {
+        if !put(d, at, path) {
+            return false;
+        }
+        let ct = ctype();
+        self.each(|k, v| {
+            let n = k.len() + v.len() + 2;
+            if *at + n > d.len() {
+                return false;
+            }
+            let o = &mut d[*at..*at + n];
+            // Every byte through the table, no branch: an '=' in a name (which
+            // ends the part Apache rewrites) is rare enough to redo.
+            let mut eq = false;
+            for (dst, &c) in o.iter_mut().zip(k) {
+                *dst = ct.name[c as usize];
+                eq |= c == b'=';
+            }
+            if eq {
+                let e = k.iter().position(|&c| c == b'=').unwrap_or(k.len());
+                o[e..k.len()].copy_from_slice(&k[e..]);
+            }
+            if k.first().is_some_and(|&c| ct.digit[c as usize]) {
+                o[0] = b'_';
+            }
+            o[k.len()] = b'=';
+            o[k.len() + 1..n - 1].copy_from_slice(v);
+            o[n - 1] = 0;
+            *at += n;
+            true
+        }) && put(d, at, b"")
+    }
+
+    /// `LogLevel libcgi:trace8`: the environment written here against
+    /// Apache's own, one error line per difference.
+    #[cold]
+    #[inline(never)]
+    unsafe fn check_against_apache(&self, r: *mut sys::request_rec) {
+        let mut mine = vec![0u8; self.len(b"")];
+        let mut at = 0;
+        self.put(&mut mine, &mut at, b"");
+        let mut envp = sys::ap_create_environment((*r).pool, (*r).subprocess_env);
+        let mut theirs: Vec<u8> = vec![0];
+        while !(*envp).is_null() {
+            theirs.extend_from_slice(CStr::from_ptr(*envp).to_bytes_with_nul());
+            envp = envp.add(1);
+        }
+        theirs.push(0);
+        if mine != theirs {
+            let show = |b: &[u8]| String::from_utf8_lossy(b).replace('\0', "\n");
+            log::rerror(
+                r,
+                sys::APLOG_ERR,
+                0,
+                &format!(
+                    "isolated environment differs from ap_create_environment's:\n--- mod_libcgi\n{}\n--- Apache\n{}",
+                    show(&mine),
+                    show(&theirs)
+                ),
+            );
+        } else {
+            log::rerror(r, sys::APLOG_TRACE8, 0, "isolated environment identical to ap_create_environment's");
+        }
+    }
 }
 
 /// A crash or timeout of the script itself (not the manager's death)
@@ -375,7 +511,7 @@ unsafe fn died(
     seg: &Segment,
     s: &mut Slot,
     req: *mut Request,
-    name: &str,
+    name: &crate::handler::Name,
     m: &mut metrics::Req,
     mslot: u32,
     what: &str,
@@ -413,9 +549,9 @@ unsafe fn died(
 
 /// The end of a call as the handler decides it in process: the same code
 /// (handler.rs), with nothing to unload after bad output.
-unsafe fn finish(req: &mut Request, rc: c_int, name: &str) -> c_int {
+unsafe fn finish(req: &mut Request, rc: c_int, name: &crate::handler::Name) -> c_int {
     if rc == 0 && req.phase == Phase::Body {
         return req.finish_body();
     }
-    crate::handler::finish_other(req, rc, &name, &mut || {})
+    crate::handler::finish_other(req, rc, name, &mut || {})
 }

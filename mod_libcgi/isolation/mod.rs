@@ -316,19 +316,19 @@ unsafe fn route_isolated(r: *const sys::request_rec, d: &'static DirIso) -> Rout
 /// ends).
 static LOADED_HERE: [AtomicBool; policy::ENTRIES] = [const { AtomicBool::new(false) }; policy::ENTRIES];
 
-/// An in-process request of a promoted script: counted in its entry when
-/// it ends.
+/// An in-process request of a promoted script: counted in its domain by
+/// the request's metrics, in its own thread's row.
 pub struct InProcess {
     e: &'static policy::Entry,
-    t0: std::time::Instant,
 }
 
 impl InProcess {
-    pub fn start(i: usize, e: &'static policy::Entry) -> InProcess {
+    pub fn start(i: usize, e: &'static policy::Entry, m: &mut crate::metrics::Req) -> InProcess {
         if !LOADED_HERE[i].load(Ordering::Relaxed) {
             LOADED_HERE[i].store(true, Ordering::Relaxed);
         }
-        InProcess { e, t0: std::time::Instant::now() }
+        m.domain(&e.fallback.0, false);
+        InProcess { e }
     }
     /// processfunc faulted or timed out here: isolated at once (the
     /// evaluator starts the cool-down at its next tick).
@@ -341,13 +341,6 @@ impl InProcess {
             Ordering::Relaxed,
         );
         self.e.rare.faults.fetch_add(1, Ordering::Release);
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        self.e.inproc.reqs.fetch_add(1, Ordering::Relaxed);
-        self.e.inproc.ns.fetch_add(self.t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -365,7 +358,8 @@ pub struct View {
     pub split: Option<[(u64, f64); 2]>,
 }
 
-pub fn view(path: &[u8]) -> View {
+/// `rows`: the script's metrics row summed over threads.
+pub fn view(path: &[u8], rows: &crate::metrics::DomainSums) -> View {
     let plain = View { mode: "inprocess", domain: "inprocess", promote: 0, demote: 0, cooling: false, split: None };
     // SAFETY: the segment lives as long as this configuration.
     let Some(seg) = (unsafe { SEGMENT.load(Ordering::Acquire).as_ref() }) else { return plain };
@@ -378,7 +372,10 @@ pub fn view(path: &[u8]) -> View {
         promote: r(&e.rare.promotions),
         demote: r(&e.rare.demotions),
         cooling: r(&e.rare.cool_until_ms) > policy::unix_ms(),
-        split: Some([(r(&e.inproc.reqs), r(&e.inproc.ns) as f64 / 1e9), (r(&e.iso.reqs), r(&e.iso.ns) as f64 / 1e9)]),
+        split: {
+            let [ir, ins, pr, pns, _, _] = e.counts(rows);
+            Some([(ir, ins as f64 / 1e9), (pr, pns as f64 / 1e9)])
+        },
     }
 }
 
@@ -456,16 +453,15 @@ pub unsafe fn handle(
         sys::apr_table_setn((*r).err_headers_out, c"Retry-After".as_ptr(), sys::apr_pstrdup((*r).pool, v.as_ptr()));
         return sys::HTTP_SERVICE_UNAVAILABLE as c_int;
     }
-    let t0 = std::time::Instant::now();
+    // Counted in the domain only from here: a refusal above ran nowhere
+    // (and a quarantined script's 503s must not look like traffic to move).
+    if let Some((_, e)) = entry {
+        m.domain(&e.fallback.0, true);
+    }
     let mut cross = None;
     let rc = client::run(seg, r, ident, input, input_len, cfg, ident_for(d), m, mslot, &mut cross);
-    if let Some((_, e)) = entry {
-        e.iso.reqs.fetch_add(1, Ordering::Relaxed);
-        e.iso.ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if let Some(c) = cross {
-            e.iso.cross_n.fetch_add(1, Ordering::Relaxed);
-            e.iso.cross_ns.fetch_add(c, Ordering::Relaxed);
-        }
+    if let Some(c) = cross {
+        m.crossing(c);
     }
     rc
 }

@@ -82,22 +82,18 @@ pub struct Rare {
     pub cool_until_ms: AtomicU64,
 }
 
-/// Written by every request of the domain it ran in.
+/// The per-domain counts of the requests that no named metrics row takes
+/// (metrics off, a script in the "other" row), with atomic adds.  Every
+/// other request counts in its own thread's metrics row, which the
+/// evaluator sums: no request writes a line that another one writes.
 #[repr(C, align(64))]
-pub struct Counts {
-    pub reqs: AtomicU64,
-    pub ns: AtomicU64,
-    /// Isolated only: crossing cost samples and their sum.
-    pub cross_n: AtomicU64,
-    pub cross_ns: AtomicU64,
-}
+pub struct Fallback(pub crate::metrics::Domains);
 
 #[repr(C)]
 pub struct Entry {
     pub hot: Hot,
     pub rare: Rare,
-    pub iso: Counts,
-    pub inproc: Counts,
+    pub fallback: Fallback,
     pub path: [u8; PATH_MAX],
 }
 
@@ -199,6 +195,25 @@ impl Table {
 }
 
 impl Entry {
+    /// The script's row in the metrics segment, if it has a named one.
+    pub fn metrics_row(&self) -> Option<usize> {
+        match self.hot.metrics_slot.load(Ordering::Relaxed) as usize {
+            0 => None,
+            n if n - 1 < crate::metrics::named_rows() => Some(n - 1),
+            _ => None,
+        }
+    }
+
+    /// Its counts per domain (`metrics::DomainSums`), given its row's sum
+    /// over threads.
+    pub fn counts(&self, rows: &crate::metrics::DomainSums) -> crate::metrics::DomainSums {
+        let mut c = self.fallback.0.read();
+        for (a, b) in c.iter_mut().zip(rows) {
+            *a += b;
+        }
+        c
+    }
+
     pub fn name(&self) -> String {
         String::from_utf8_lossy(&self.path[..(self.hot.len as usize).min(PATH_MAX)]).into_owned()
     }
@@ -207,6 +222,9 @@ impl Entry {
 /// The evaluator's memory of one entry (the manager's own).
 #[derive(Clone, Default)]
 struct Track {
+    /// The counts have a baseline: the rows outlive a graceful restart and
+    /// a new manager, the evaluator's memory does not.
+    seen: bool,
     seen_reqs: u64,
     seen_cross_n: u64,
     seen_cross_ns: u64,
@@ -252,25 +270,36 @@ impl Evaluator {
         // (index, overhead in CPU-s/s) of adaptive scripts by domain.
         let mut isolated: Vec<(usize, f64)> = Vec::new();
         let mut promoted: Vec<(usize, f64)> = Vec::new();
-        for (i, e) in t.entries.iter().enumerate() {
-            if e.hot.state.load(Ordering::Acquire) != READY {
+        // The requests' own counts are in the metrics rows of the threads
+        // that ran them: summed here, in one pass over the rows in use.
+        let ready: Vec<usize> =
+            (0..ENTRIES).filter(|&i| t.entries[i].hot.state.load(Ordering::Acquire) == READY).collect();
+        let rows: Vec<usize> = ready.iter().map(|&i| t.entries[i].metrics_row().unwrap_or(usize::MAX)).collect();
+        let mut sums = vec![[0u64; 6]; ready.len()];
+        crate::metrics::domain_sums(&rows, &mut sums);
+        for (k, &i) in ready.iter().enumerate() {
+            let e = &t.entries[i];
+            if e.hot.metrics_slot.load(Ordering::Relaxed) == 0 {
+                // Its first request has not reached its row yet: a baseline
+                // taken now would miss what the row holds from before a
+                // graceful restart.
                 continue;
             }
             let tr = &mut self.tracks[i];
-            // First seen now: the dwell time holds from here, as after a
-            // transition.
-            let tr_new = tr.since.is_none() && tr.seen_reqs == 0 && tr.seen_cross_n == 0;
-            if tr_new {
+            let [in_reqs, _, iso_reqs, _, cn, cns] = e.counts(&sums[k]);
+            let reqs = in_reqs + iso_reqs;
+            if !tr.seen {
+                // First seen now: the dwell time holds from here, as after
+                // a transition, and counting starts from what is there.
+                tr.seen = true;
                 tr.since = Some(now);
-            }
-            let reqs = e.iso.reqs.load(Ordering::Relaxed) + e.inproc.reqs.load(Ordering::Relaxed);
-            let (cn, cns) = (e.iso.cross_n.load(Ordering::Relaxed), e.iso.cross_ns.load(Ordering::Relaxed));
-            let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
-            tr.rate =
-                if tr.since.is_none() && tr.seen_reqs == 0 { inst } else { ALPHA * inst + (1.0 - ALPHA) * tr.rate };
-            if cn > tr.seen_cross_n {
-                let sample = cns.saturating_sub(tr.seen_cross_ns) as f64 / 1e9 / (cn - tr.seen_cross_n) as f64;
-                tr.cost = if tr.cost == 0.0 { sample } else { ALPHA * sample + (1.0 - ALPHA) * tr.cost };
+            } else {
+                let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
+                tr.rate = ALPHA * inst + (1.0 - ALPHA) * tr.rate;
+                if cn > tr.seen_cross_n {
+                    let sample = cns.saturating_sub(tr.seen_cross_ns) as f64 / 1e9 / (cn - tr.seen_cross_n) as f64;
+                    tr.cost = if tr.cost == 0.0 { sample } else { ALPHA * sample + (1.0 - ALPHA) * tr.cost };
+                }
             }
             tr.seen_reqs = reqs;
             tr.seen_cross_n = cn;

@@ -133,6 +133,12 @@ impl Call {
     }
 }
 
+extern "C" fn forked_child() {
+    // SAFETY: the only thread of the new process; the request is the
+    // worker's, not this copy's.
+    unsafe { CALL = std::ptr::null_mut() };
+}
+
 /// The server thread is gone or the slot was taken from us: nothing to
 /// answer to.
 fn die() -> ! {
@@ -209,13 +215,17 @@ static WORKER_API: guard::RsApi = guard::RsApi {
     thread_gone: guard::thread_gone,
 };
 
-/// exit() & co. end the request, as in the server (the worker lives on).
-fn exit_bindings() -> [(&'static CStr, usize); 4] {
+/// exit() & co. end the request, as in the server (the worker lives on);
+/// vfork is fork, as in the server (registry.rs): a vfork child shares the
+/// worker's memory and stack, and its exit would end the worker's request.
+fn exit_bindings() -> [(&'static CStr, usize); 6] {
     [
         (c"exit", guard::libcgi_c_exit as *const () as usize),
         (c"_exit", guard::libcgi_c__exit as *const () as usize),
         (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
         (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
+        (c"vfork", libc::fork as *const () as usize),
+        (c"__vfork", libc::fork as *const () as usize),
     ]
 }
 
@@ -267,7 +277,14 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     if mine + slot_len < end {
         libc::munmap((mine + slot_len) as *mut c_void, end - mine - slot_len);
     }
+    // Nor the server's metrics (mapped since the parent made them before
+    // forking the manager, which reads them for the policy).
+    crate::metrics::detach();
     guard::libcgi_set_api(&WORKER_API);
+    // The child of a script's fork(): exit() and the return from
+    // processfunc end it (shim.c), and its lwrite & co. reach no slot.
+    guard::libcgi_watch_forks();
+    libc::pthread_atfork(None, None, Some(forked_child));
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();

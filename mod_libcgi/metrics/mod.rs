@@ -22,6 +22,8 @@ pub use record::{
     unloaded, Req,
 };
 
+pub use segment::{DomainSums, Domains};
+
 use crate::log;
 use crate::sys;
 use segment::Seg;
@@ -71,7 +73,9 @@ pub unsafe extern "C" fn set_status_slots(
 }
 
 pub unsafe fn register_hooks() {
-    sys::ap_hook_post_config(Some(post_config), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
+    // Before the isolation manager is forked (its post_config is
+    // REALLY_FIRST): the manager's policy evaluator reads the segment.
+    sys::ap_hook_post_config(Some(post_config), ptr::null(), ptr::null(), sys::APR_HOOK_REALLY_FIRST as c_int - 1);
     sys::ap_hook_pre_mpm(Some(pre_mpm), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
     sys::ap_hook_handler(Some(page::handler), ptr::null(), ptr::null(), sys::APR_HOOK_MIDDLE as c_int);
     // mod_status's hook, if mod_status is loaded (an optional hook costs
@@ -188,4 +192,34 @@ unsafe extern "C" fn pre_mpm(_p: *mut sys::apr_pool_t, _t: sys::ap_scoreboard_e)
         s.reset(sys::apr_time_now() as u64);
     }
     sys::OK as c_int
+}
+
+/// The policy's per-domain counts of the given rows, summed over threads
+/// (the isolation manager's evaluator); `out` untouched when metrics are off.
+pub fn domain_sums(rows: &[usize], out: &mut [DomainSums]) {
+    if let Some(s) = seg() {
+        s.domain_sums(rows, out);
+    }
+}
+
+/// Rows of scripts with a name (below this: the policy may sum them).
+pub fn named_rows() -> usize {
+    seg().map_or(0, |s| s.slots)
+}
+
+/// In an isolated worker: the segment is unmapped (a script must not
+/// write the server's counters) and metrics are off there.
+///
+/// # Safety
+/// In a freshly forked worker, before any script runs.
+pub unsafe fn detach() {
+    let p = SEG.swap(ptr::null_mut(), Ordering::Relaxed);
+    if let Some(s) = p.as_ref() {
+        // Page-rounded: APR's anonymous segment starts with its own size word
+        // in the first page of the mapping.
+        let page = 4096usize;
+        let start = s.base as usize & !(page - 1);
+        let end = (s.base as usize + s.bytes).next_multiple_of(page);
+        libc::munmap(start as *mut c_void, end - start);
+    }
 }

@@ -250,7 +250,7 @@ fn json_hist(o: &mut String, h: &Hist) {
 
 /// The script's domain (issue 12): where it runs now, how it got there.
 fn domain_of(sc: &snapshot::Script) -> crate::isolation::View {
-    crate::isolation::view(sc.name.as_bytes())
+    crate::isolation::view(sc.name.as_bytes(), &sc.dom)
 }
 
 /// Requests and seconds per domain: the policy's counts, or all of the

@@ -12,7 +12,7 @@
 //!   once per thread and script a bit in the thread's own used-row bitmap.
 //!   Plain loads and stores: nobody else writes these lines.
 
-use super::segment::{self, Row, Seg, P_CALLBACKS, P_LOAD, P_OUTPUT, P_SCRIPT, P_TOTAL};
+use super::segment::{self, Domains, Row, Seg, P_CALLBACKS, P_LOAD, P_OUTPUT, P_SCRIPT, P_TOTAL};
 use super::{probes, seg};
 use crate::guard;
 use crate::sys;
@@ -67,6 +67,13 @@ pub struct Req {
     /// HTTP/2 stream (mod_http2 runs the streams of a connection on its own
     /// threads, all with the connection's scoreboard handle).  Atomic adds.
     shared: bool,
+    /// A script with an isolation policy entry: its counts per domain go
+    /// into the row, or into this (the entry's) when no named row takes
+    /// them.  Null otherwise.
+    dom: *const Domains,
+    dom_isolated: bool,
+    /// The sampled crossing cost in ns, if this request measured it.
+    cross: Option<u64>,
 }
 
 impl Req {
@@ -87,6 +94,9 @@ impl Req {
             worker: 0,
             quarantined: false,
             shared: false,
+            dom: std::ptr::null(),
+            dom_isolated: false,
+            cross: None,
         }
     }
 
@@ -260,6 +270,23 @@ impl Req {
         }
     }
 
+    /// The request is counted in its domain, in process or isolated (the
+    /// isolation policy's rate and the status page's split); `fallback`
+    /// takes the count when metrics are off or the script has no row of
+    /// its own.  The time is the request's total as measured here: no
+    /// clock read of its own.
+    #[inline]
+    pub fn domain(&mut self, fallback: &'static Domains, isolated: bool) {
+        self.dom = fallback;
+        self.dom_isolated = isolated;
+    }
+
+    /// The crossing cost this isolated request sampled.
+    #[inline]
+    pub fn crossing(&mut self, ns: u64) {
+        self.cross = Some(ns);
+    }
+
     /// An isolated call ended (or its worker died): the script phase is
     /// the whole call as the server thread saw it.
     #[inline]
@@ -317,6 +344,9 @@ impl Req {
     #[inline]
     pub unsafe fn end(&mut self, r: *mut sys::request_rec, rc: c_int) {
         if !self.on() {
+            if !self.dom.is_null() {
+                self.domain_fallback(0);
+            }
             return;
         }
         if self.shared {
@@ -394,12 +424,58 @@ impl Req {
                 bump(&row.sum_ns[p], ns);
             }
         }
+        if !self.dom.is_null() {
+            self.count_domain(row, phases[P_TOTAL], bump);
+        }
         let f = (*r).filename;
         probes::phase_load(f, phases[P_LOAD]);
         probes::phase_script(f, phases[P_SCRIPT]);
         probes::phase_callbacks(f, phases[P_CALLBACKS]);
         probes::phase_output(f, phases[P_OUTPUT]);
         probes::request_end(f, status as i64, phases[P_TOTAL]);
+    }
+}
+
+impl Req {
+    #[inline(always)]
+    fn count_domain(&self, row: &Row, ns: u64, bump: impl Fn(&AtomicU64, u64)) {
+        // "other" mixes scripts: the policy reads named rows only.
+        if seg().is_none_or(|s| self.slot >= s.slots) {
+            return self.domain_fallback(ns);
+        }
+        let d = &row.dom;
+        if self.dom_isolated {
+            bump(&d.iso_reqs, 1);
+            bump(&d.iso_ns, ns);
+            if let Some(c) = self.cross {
+                bump(&d.cross_n, 1);
+                bump(&d.cross_ns, c);
+            }
+        } else {
+            bump(&d.in_reqs, 1);
+            bump(&d.in_ns, ns);
+        }
+    }
+
+    /// Into the policy entry, shared by every thread: only for requests no
+    /// named row takes.
+    #[cold]
+    #[inline(never)]
+    fn domain_fallback(&self, ns: u64) {
+        // SAFETY: `dom` points into the isolation segment, which outlives
+        // every request of its configuration.
+        let d = unsafe { &*self.dom };
+        if self.dom_isolated {
+            d.iso_reqs.fetch_add(1, Ordering::Relaxed);
+            d.iso_ns.fetch_add(ns, Ordering::Relaxed);
+            if let Some(c) = self.cross {
+                d.cross_n.fetch_add(1, Ordering::Relaxed);
+                d.cross_ns.fetch_add(c, Ordering::Relaxed);
+            }
+        } else {
+            d.in_reqs.fetch_add(1, Ordering::Relaxed);
+            d.in_ns.fetch_add(ns, Ordering::Relaxed);
+        }
     }
 }
 

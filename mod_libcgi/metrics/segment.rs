@@ -107,6 +107,38 @@ pub struct Row {
     pub sum_ns: [AtomicU64; 5],
     pub _pad: [u64; 1],
     pub hist: [[AtomicU64; NB]; 5],
+    /// `LibCGIIsolation` process/adaptive: in the room the 64-byte
+    /// alignment leaves after the histograms (the row stays 1216 bytes).
+    pub dom: Domains,
+}
+
+const _: () = assert!(std::mem::size_of::<Row>() == 1216);
+
+/// What the isolation policy counts per domain (issue 12): written by the
+/// request's own thread into its row, so that no request writes a line
+/// another thread writes; the manager's evaluator and the status page sum
+/// the rows.  The policy entry has one more, written with atomic adds, for
+/// the requests no named row takes (metrics off, a script in "other").
+#[repr(C)]
+#[derive(Default)]
+pub struct Domains {
+    pub in_reqs: AtomicU64,
+    pub in_ns: AtomicU64,
+    pub iso_reqs: AtomicU64,
+    pub iso_ns: AtomicU64,
+    /// Isolated requests whose crossing cost was sampled, and its sum.
+    pub cross_n: AtomicU64,
+    pub cross_ns: AtomicU64,
+}
+
+/// `Domains` read out: in_reqs, in_ns, iso_reqs, iso_ns, cross_n, cross_ns.
+pub type DomainSums = [u64; 6];
+
+impl Domains {
+    pub fn read(&self) -> DomainSums {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [r(&self.in_reqs), r(&self.in_ns), r(&self.iso_reqs), r(&self.iso_ns), r(&self.cross_n), r(&self.cross_ns)]
+    }
 }
 
 /// Rare events of a script, summed over processes with atomic adds: none
@@ -357,6 +389,33 @@ impl Seg {
             }
         }
         self.slots
+    }
+
+    /// The policy's counts of `rows` (row indices), summed over every
+    /// block that used them: `out[i]` gets row `rows[i]`'s (nothing for an
+    /// index that is not a named row).  One pass over the used-row bitmaps.
+    pub fn domain_sums(&self, rows: &[usize], out: &mut [DomainSums]) {
+        let mut want = vec![0u64; self.used_words];
+        for &i in rows {
+            if i < self.slots {
+                want[i / 64] |= 1 << (i % 64);
+            }
+        }
+        for b in 0..self.blocks() {
+            for (wi, word) in self.used(b).iter().enumerate() {
+                let mut bits = word.load(Ordering::Relaxed) & want[wi];
+                while bits != 0 {
+                    let slot = wi * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let d = self.row(b, slot).dom.read();
+                    for (k, _) in rows.iter().enumerate().filter(|(_, &i)| i == slot) {
+                        for (o, v) in out[k].iter_mut().zip(d) {
+                            *o += v;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The path of a used entry.

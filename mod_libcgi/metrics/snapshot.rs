@@ -114,6 +114,8 @@ pub struct Script {
     pub h: [Hist; 5],
     /// (apr time in us, signal, pid, address or 0)
     pub last_fault: Option<(u64, u64, u64, u64)>,
+    /// The isolation policy's counts per domain (segment::Domains).
+    pub dom: segment::DomainSums,
 }
 
 impl Script {
@@ -188,6 +190,9 @@ pub fn take(s: &Seg) -> Snapshot {
                 c.ended = c.class.iter().sum();
                 let sc = &mut scripts[slot];
                 sc.c.add(&c);
+                for (a, b) in sc.dom.iter_mut().zip(row.dom.read()) {
+                    *a += b;
+                }
                 procs[s.server_of(w)].c.add(&c);
                 for p in 0..5 {
                     let sum =
