@@ -323,10 +323,14 @@ pub unsafe fn run(
                 let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
                 log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
                 let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
-                // Bad output unloads the script, as in process.
-                s.arg = i32::from(bad);
-                s.op = transport::OP_ACK;
-                transport::pass(&s.state, TO_SERVER, TO_WORKER);
+                // Bad output unloads the script, as in process: the worker
+                // reads the answer when it next looks at the slot.  IDLE
+                // without a wake-up (the worker does not wait for it; the
+                // next request's hand-over wakes it), and only from
+                // TO_SERVER: a worker that died meanwhile left it DEAD for
+                // the next claimer.
+                s.unload = u32::from(bad);
+                let _ = s.state.compare_exchange(TO_SERVER, IDLE, Ordering::AcqRel, Ordering::Acquire);
                 drop(held);
                 return finish(&mut *reqp, rc, &name);
             }

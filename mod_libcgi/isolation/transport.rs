@@ -125,6 +125,10 @@ pub struct Slot {
     /// OP_DONE, when sampled: the worker's CPU ns for this request outside
     /// processfunc (reading the request, building `environ`, answering).
     pub worker_cpu_ns: u64,
+    /// The server's answer to OP_DONE, read by the worker when it next
+    /// looks at the slot: 1 unload the script (its output was bad), as in
+    /// process.  Written before the server turns the slot IDLE.
+    pub unload: u32,
     pub data: [u8; DATA],
 }
 

@@ -74,6 +74,21 @@ impl Call {
         unsafe { &mut *self.slot }
     }
 
+    /// Hands the turn to the server with `op` and the buffered output,
+    /// without waiting for an answer (OP_DONE: the server turns the slot
+    /// IDLE itself, so a request costs one round trip, not two).
+    fn hand_over(&mut self, op: u32, arg: i32) {
+        let n = self.out;
+        self.out = 0;
+        let s = self.slot();
+        s.op = op;
+        s.arg = arg;
+        s.len = n as u64;
+        if !transport::pass(&s.state, TO_WORKER, TO_SERVER) {
+            die();
+        }
+    }
+
     /// Sends `op` with the buffered output and waits for the answer.
     fn round_trip(&mut self, op: u32, arg: i32) -> bool {
         let n = self.out;
@@ -294,17 +309,29 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     sa.sa_sigaction = on_term as *const () as usize;
     libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
     loop {
-        // Told to go (stop, graceful restart) while idle: the scripts'
-        // terminatefunc runs, as when a server process exits.
-        while s.state.load(Ordering::Acquire) == IDLE {
-            if TERM.load(Ordering::Relaxed) {
+        // After OP_DONE the slot is the server's (TO_SERVER) until it turns
+        // it IDLE, without waking this worker: the next request's hand-over
+        // does.  Told to go (stop, graceful restart) while idle: the
+        // scripts' terminatefunc runs, as when a server process exits.
+        loop {
+            let st = s.state.load(Ordering::Acquire);
+            if st == TO_WORKER {
+                break;
+            }
+            if st != IDLE && st != TO_SERVER {
+                die();
+            }
+            if st == IDLE && TERM.load(Ordering::Relaxed) {
                 drop(scripts);
                 libc::_exit(0);
             }
-            transport::wait(&s.state, IDLE, Some(std::time::Instant::now() + transport::SECOND));
+            transport::wait(&s.state, st, Some(std::time::Instant::now() + transport::SECOND));
         }
-        if s.state.load(Ordering::Acquire) != TO_WORKER {
-            die();
+        // The answer to the last OP_DONE (written before IDLE, which the
+        // load above acquired, directly or through TO_WORKER).
+        if s.unload != 0 {
+            s.unload = 0;
+            scripts.remove(&bufs.last);
         }
         if s.op != transport::OP_REQ {
             die();
@@ -329,6 +356,9 @@ struct Bufs {
     head: Vec<u8>,
     envp: Vec<*mut c_char>,
     body: Vec<u8>,
+    /// The path of the last request's script, for the server's late
+    /// answer to its OP_DONE (`Slot::unload`).
+    last: Vec<u8>,
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bufs) {
@@ -432,14 +462,12 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
         (true, 0) => (cpu1 - cpu0) + (end - cpu2) + rt_cpu,
         (true, _) => (end - last).saturating_sub(own),
     };
-    c.round_trip(transport::OP_DONE, kind);
-    environ = std::ptr::null_mut();
-    // The server thread's answer to DONE: 0 keep the script, 1 unload it.
-    if c.slot().arg == 1 {
-        scripts.remove(path);
-    }
     (*c.slot).served.fetch_add(1, Ordering::Relaxed);
-    transport::pass(&c.slot().state, TO_WORKER, IDLE);
+    b.last.clear();
+    b.last.extend_from_slice(path);
+    // Nothing of the slot is this worker's after the hand-over.
+    c.hand_over(transport::OP_DONE, kind);
+    environ = std::ptr::null_mut();
 }
 
 unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
