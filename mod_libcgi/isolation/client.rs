@@ -13,7 +13,7 @@ use crate::request::{self, Active, Phase, Request};
 use crate::sys;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const OK: c_int = sys::OK as c_int;
@@ -37,8 +37,45 @@ struct Held<'a> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.slot.owner.store(0, Ordering::Release);
-        transport::ring(&self.seg.header().released);
+        // Store, fence, load, as `claim` does the other way round: either
+        // this sees its `waiting` or it sees this slot free when it scans.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let h = self.seg.header();
+        if h.waiting.load(Ordering::Relaxed) != 0 {
+            transport::ring(&h.released);
+        }
     }
+}
+
+/// Counts this thread in `waiting` while it lives.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// This process's id, cached: one syscall per request otherwise.  A fork
+/// (the MPM making a child) clears it in the child.
+fn my_pid() -> libc::pid_t {
+    static PID: AtomicI32 = AtomicI32::new(0);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: registers a handler that only stores to an atomic; getpid
+    // has no preconditions.
+    ONCE.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forked));
+    });
+    let p = unsafe { libc::getpid() };
+    PID.store(p, Ordering::Relaxed);
+    p
 }
 
 /// A free slot: the worker that already runs this script, else a fresh
@@ -46,6 +83,7 @@ impl Drop for Held<'_> {
 /// then replaces.
 fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
     let deadline = Instant::now() + claim_wait(seg);
+    let mut waiting = None;
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
         let (mut fresh, mut other) = (None, None);
@@ -75,6 +113,15 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
         if Instant::now() >= deadline {
             return None;
         }
+        if waiting.is_none() {
+            // Counted before the rescan: a slot released between the scan
+            // and the count rang no bell, and the rescan finds it.
+            let w = &seg.header().waiting;
+            w.fetch_add(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            waiting = Some(Waiting(w));
+            continue;
+        }
         transport::wait(&seg.header().released, seen, Some(deadline));
     }
 }
@@ -83,9 +130,7 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
     let s = unsafe { &mut *seg.slot(i) };
     s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-    // SAFETY: getpid has no preconditions.  (One syscall per request: a
-    // per-process cache would go stale across the MPM's forks.)
-    s.owner_pid.store(unsafe { libc::getpid() }, Ordering::Release);
+    s.owner_pid.store(my_pid(), Ordering::Release);
     let mut replaced = 0;
     if replace {
         s.want = want;

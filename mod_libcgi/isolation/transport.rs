@@ -69,8 +69,13 @@ pub struct Ident {
 pub struct Header {
     /// Bumped (and woken) to make the manager look at the slots.
     pub doorbell: AtomicU32,
-    /// Bumped (and woken) whenever a slot is released.
+    /// Bumped (and woken) when a slot is released and a server thread may
+    /// be asleep waiting for one (`waiting`), and by the manager.
     pub released: AtomicU32,
+    /// Server threads in `claim` that found no free slot: a release rings
+    /// `released` only when this is not 0, so that the usual request, which
+    /// nobody waits for, pays neither a shared atomic add nor a futex call.
+    pub waiting: AtomicU32,
     pub nslots: u32,
     pub nidents: u32,
     /// How long a request waits for a free slot (LibCGIIsolationWorkers).
