@@ -289,7 +289,7 @@ fn promotes_under_load_and_demotes_when_it_drops(mpm: Mpm) {
         log.contains("a_hot.so: promoted into the server processes (rate ") && log.contains("budget 0.500%"),
         "{log}"
     );
-    assert!(log.contains("a_hot.so: demoted to isolated (rate ") && log.contains("low watermark 0.250%"), "{log}");
+    assert!(log.contains("a_hot.so: demoted to isolated (rate ") && log.contains("low watermark 0.375%"), "{log}");
     assert!(!log.contains("a_cold.so: promoted"), "{log}");
     // Every request counted once, with the domain it ran in (isolated ones
     // were not counted before phase 2).
