@@ -263,7 +263,13 @@ impl Apache {
                     let mut c = Command::new("docker");
                     let mount = format!("{0}:{0}", dir.display());
                     c.args(["run", "--rm", "--name", name, "--network", "host", "--pid", "host"]);
-                    c.args(["-e", "FROM_PASSENV=passed-through", "-v", &mount, "--entrypoint", APACHE_BIN, &image]);
+                    c.args(["-e", "FROM_PASSENV=passed-through"]);
+                    // The server's own environment is the container's:
+                    // what the test gives the server goes in with -e.
+                    for (k, v) in &cfg.env {
+                        c.arg("-e").arg(format!("{k}={v}"));
+                    }
+                    c.args(["-v", &mount, "--entrypoint", APACHE_BIN, &image]);
                     c
                 }
                 _ => Command::new(APACHE_BIN),
