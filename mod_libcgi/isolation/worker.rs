@@ -91,21 +91,12 @@ impl Call {
 
     /// Sends `op` with the buffered output and waits for the answer.
     fn round_trip(&mut self, op: u32, arg: i32) -> bool {
-        let n = self.out;
-        self.out = 0;
-        let sample = self.sample;
-        let s = self.slot();
-        s.op = op;
-        s.arg = arg;
-        s.len = n as u64;
-        let c0 = if sample { transport::thread_cpu_ns() } else { 0 };
-        if !transport::pass(&s.state, TO_WORKER, TO_SERVER) {
+        let c0 = if self.sample { transport::thread_cpu_ns() } else { 0 };
+        self.hand_over(op, arg);
+        if transport::wait_change(&self.slot().state, TO_SERVER, None) != TO_WORKER {
             die();
         }
-        if transport::wait_change(&s.state, TO_SERVER, None) != TO_WORKER {
-            die();
-        }
-        if sample {
+        if self.sample {
             self.rt_cpu += transport::thread_cpu_ns() - c0;
         }
         true
@@ -328,10 +319,11 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
             transport::wait(&s.state, st, Some(std::time::Instant::now() + transport::SECOND));
         }
         // The answer to the last OP_DONE (written before IDLE, which the
-        // load above acquired, directly or through TO_WORKER).
+        // load above acquired, directly or through TO_WORKER).  A worker
+        // holds one script at most (Slot::script), so that is the one.
         if s.unload != 0 {
             s.unload = 0;
-            scripts.remove(&bufs.last);
+            scripts.clear();
         }
         if s.op != transport::OP_REQ {
             die();
@@ -356,9 +348,6 @@ struct Bufs {
     head: Vec<u8>,
     envp: Vec<*mut c_char>,
     body: Vec<u8>,
-    /// The path of the last request's script, for the server's late
-    /// answer to its OP_DONE (`Slot::unload`).
-    last: Vec<u8>,
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bufs) {
@@ -463,8 +452,6 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
         (true, _) => (end - last).saturating_sub(own),
     };
     (*c.slot).served.fetch_add(1, Ordering::Relaxed);
-    b.last.clear();
-    b.last.extend_from_slice(path);
     // Nothing of the slot is this worker's after the hand-over.
     c.hand_over(transport::OP_DONE, kind);
     environ = std::ptr::null_mut();
