@@ -72,6 +72,7 @@ unsafe extern "C" fn child_init(pchild: *mut sys::apr_pool_t, s: *mut sys::serve
 unsafe fn child_init_(pchild: *mut sys::apr_pool_t, s: *mut sys::server_rec) {
     let reg = registry::REGISTRY.get_or_init(registry::Registry::new);
     reg.server.store(s, Ordering::Relaxed);
+    isolation::client_child_init();
     guard::libcgi_set_api(&RS_API);
     // Apache's own fault handlers (sig_coredump) are in place by now; ours
     // keep them and hand them every fault that is not a script's.

@@ -56,26 +56,13 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// This process's id, cached: one syscall per request otherwise.  A fork
-/// (the MPM making a child) clears it in the child.
-fn my_pid() -> libc::pid_t {
-    static PID: AtomicI32 = AtomicI32::new(0);
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    extern "C" fn forked() {
-        PID.store(0, Ordering::Relaxed);
-    }
-    let p = PID.load(Ordering::Relaxed);
-    if p != 0 {
-        return p;
-    }
-    // SAFETY: registers a handler that only stores to an atomic; getpid
-    // has no preconditions.
-    ONCE.call_once(|| unsafe {
-        libc::pthread_atfork(None, None, Some(forked));
-    });
-    let p = unsafe { libc::getpid() };
-    PID.store(p, Ordering::Relaxed);
-    p
+/// This server process's id, set by child_init (a getpid per request
+/// otherwise); isolated requests run only in server processes.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// child_init: the process is a server process from here on.
+pub fn child_init() {
+    PID.store(std::process::id() as libc::pid_t, Ordering::Relaxed);
 }
 
 /// A free slot: the worker that already runs this script, else a fresh
@@ -130,7 +117,7 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
     let s = unsafe { &mut *seg.slot(i) };
     s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-    s.owner_pid.store(my_pid(), Ordering::Release);
+    s.owner_pid.store(PID.load(Ordering::Relaxed), Ordering::Release);
     let mut replaced = 0;
     if replace {
         s.want = want;
