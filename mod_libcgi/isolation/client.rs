@@ -207,12 +207,9 @@ pub unsafe fn run(
         }
         transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
     }
-    // One request in SAMPLE measures the crossing cost (CPU time).
-    thread_local!(static N: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
-    let sample = N.with(|n| {
-        n.set(n.get().wrapping_add(1));
-        n.get() % transport::SAMPLE == 1
-    });
+    // One request in SAMPLE measures the crossing cost (CPU time): which
+    // one, the slot's count says (the worker reads it alike).
+    let sample = transport::sampled(s.served.load(Ordering::Relaxed));
     let cpu_call = if sample { transport::thread_cpu_ns() } else { 0 };
     let mut cpu_out = 0u64;
     // Marked only now: a manager that starts the slot's new worker marks it

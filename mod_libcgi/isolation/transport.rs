@@ -240,10 +240,18 @@ pub fn ring(word: &AtomicU32) {
 }
 
 /// One request in this many measures its crossing cost (CPU time on both
-/// sides: seven clock reads that are syscalls, and two per round trip its
-/// callbacks make; the worker also reads its clock at the end of every
-/// request, see worker.rs LAST_END).
-pub const SAMPLE: u32 = 8;
+/// sides: eight clock reads that are syscalls, and two per round trip its
+/// callbacks make; see worker.rs LAST_END).
+pub const SAMPLE: u64 = 8;
+
+/// Whether the request a slot's worker serves as its `served`-th (the
+/// slot's count when the request is handed over) measures its crossing
+/// cost: server and worker decide alike from the one counter, so the
+/// worker knows one request ahead when to read its clock.  Never the first
+/// (there is no request before it to measure from).
+pub fn sampled(served: u64) -> bool {
+    served % SAMPLE == SAMPLE - 1
+}
 
 /// CPU time of the calling thread in ns (wall time would count the run
 /// queue of a loaded machine as the cost of a crossing).

@@ -52,12 +52,13 @@ struct Call {
     rt_cpu: u64,
 }
 
-/// This worker's CPU clock at the end of its last request (0: none yet).
-/// Read at the end of every request, so that a sampled request's cost runs
-/// from there: the wake-up, the waits and the hand-overs between requests
-/// are crossing costs no window inside a request sees (measured in the
-/// 2026-12-03 mixed workload: windows saw 2-4 us per request where the
-/// throughput lost 25 us).
+/// This worker's CPU clock at the end of the request before a sampled one
+/// (0: none), so that a sampled request's cost runs from there: the
+/// wake-up, the waits and the hand-overs between requests are crossing
+/// costs no window inside a request sees (measured in the 2026-12-03 mixed
+/// workload: windows saw 2-4 us per request where the throughput lost
+/// 25 us).  Read only then (transport::sampled), not on every request: it
+/// is a syscall.
 static LAST_END: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 static mut CALL: *mut Call = std::ptr::null_mut();
@@ -441,8 +442,13 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     let rt_cpu = c.rt_cpu;
     let sl = c.slot();
     sl.rc = rc;
-    let end = transport::thread_cpu_ns();
-    let last = LAST_END.swap(end, Ordering::Relaxed);
+    let served = sl.served.fetch_add(1, Ordering::Relaxed);
+    let next_sampled = transport::sampled(served + 1);
+    let end = if sample || next_sampled { transport::thread_cpu_ns() } else { 0 };
+    let last = if sample { LAST_END.swap(0, Ordering::Relaxed) } else { 0 };
+    if next_sampled {
+        LAST_END.store(end, Ordering::Relaxed);
+    }
     // The script's own time is processfunc less the round trips its
     // callbacks made.
     let own = (cpu2 - cpu1).saturating_sub(rt_cpu);
@@ -451,7 +457,6 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
         (true, 0) => (cpu1 - cpu0) + (end - cpu2) + rt_cpu,
         (true, _) => (end - last).saturating_sub(own),
     };
-    (*c.slot).served.fetch_add(1, Ordering::Relaxed);
     // Nothing of the slot is this worker's after the hand-over.
     c.hand_over(transport::OP_DONE, kind);
     environ = std::ptr::null_mut();
