@@ -143,9 +143,16 @@ fn holds_nothing_of_the_server(mpm: Mpm) {
     build_script(&a.dir.join("setbin"), "probe", "iso", &[]);
     let fds = get_ok(&a, "/libcgi-bin/iso.so?mode=fds").text();
     for line in fds.lines() {
-        let target = line.split_once(' ').map(|x| x.1).unwrap_or("");
-        assert!(target == "/dev/null" || target.ends_with("/bin/iso.so"), "the worker holds {line:?}; all:\n{fds}");
+        let (fd, target) = line.split_once(' ').unwrap_or(("", ""));
+        // stderr is a pipe to the manager's relay, which writes it to the
+        // error log: the log's own descriptor is not the worker's.
+        let relay = fd == "2" && target.starts_with("pipe:");
+        assert!(
+            relay || target == "/dev/null" || target.ends_with("/bin/iso.so"),
+            "the worker holds {line:?}; all:\n{fds}"
+        );
     }
+    assert!(fds.lines().any(|l| l.starts_with("2 pipe:")), "stderr goes to the relay: {fds}");
     // Of the shared segment, only its own slot (256 KiB): not the header,
     // not another worker's request.
     assert_eq!(get_ok(&a, "/libcgi-bin/iso.so?mode=shm").text(), format!("shm={}", 256 * 1024));
@@ -575,7 +582,24 @@ fn environment_as_apache_makes_it(mpm: Mpm) {
     assert!(dead_children(&log).is_empty(), "{log}");
 }
 
+/// A script's stderr reaches the error log, as in process: the worker's
+/// stderr is a pipe to the manager's relay process, which leaves with the
+/// server.
+fn stderr_reaches_the_log(mpm: Mpm) {
+    let mut a = server(mpm, "");
+    let r = get_ok(&a, "/libcgi-bin/iso.so?mode=stderr");
+    let pid = r.text().strip_prefix("pid=").unwrap_or_default().to_string();
+    assert!(!pid.is_empty(), "{}", r.text());
+    a.wait_log("the script's stderr", |l| l.contains(&format!("iso stderr from {pid}")));
+    let relay = wait_for("the stderr relay", Duration::from_secs(10), || {
+        kids(manager(&a)).into_iter().find(|(_, n)| n == "libcgi-stderr").map(|x| x.0)
+    });
+    a.stop();
+    wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(relay)).then_some(()));
+}
+
 per_mpm!(
+    stderr_reaches_the_log,
     environment_as_apache_makes_it,
     manager_respawned_under_load,
     more_scripts_than_workers,

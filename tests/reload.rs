@@ -243,6 +243,9 @@ fn two_paths_one_script(mpm: Mpm) {
         assert_eq!(rep.inits, 1, "{p}: initfunc ran again: {rep:?}");
         seen.push(rep);
     }
+    if isolated() {
+        return isolated_paths(&a, &seen);
+    }
     let calls: Vec<u32> = seen.iter().map(|r| r.calls).collect();
     assert_eq!(calls, [1, 2, 3, 4, 5], "one call counter for every path: {seen:?}");
     let shared = a.error_log().lines().filter(|l| l.contains("shares the object")).count();
@@ -268,6 +271,30 @@ fn two_paths_one_script(mpm: Mpm) {
     assert_eq!((again.inits, again.calls), (1, 2), "still one script: {again:?}");
     let all = a.error_log();
     assert_eq!(all.lines().filter(|l| l.contains("initfunc done")).count(), 2, "{all}");
+}
+
+/// two_paths_one_script in isolation: a worker serves one path (README
+/// "One script per worker"), so each path is a script of its own, loaded
+/// once in its own worker (no mapping is shared between processes: nothing
+/// is initialised twice); a fault through one path costs only that path's
+/// worker.
+fn isolated_paths(a: &Apache, seen: &[Report]) {
+    let calls: Vec<u32> = seen.iter().map(|r| r.calls).collect();
+    assert_eq!(calls, [1, 1, 1, 2, 2], "one call counter per path: {seen:?}");
+    let pids: BTreeSet<u32> = seen[..3].iter().map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 3, "a worker per path: {seen:?}");
+    assert_eq!((seen[3].pid, seen[4].pid), (seen[0].pid, seen[1].pid), "each path stays with its worker: {seen:?}");
+    assert_eq!(a.get("/libcgi-bin/hard.so?crash").status, 500);
+    let sym = report(a, "/libcgi-bin/sym.so");
+    assert_eq!((sym.pid, sym.inits, sym.calls), (seen[2].pid, 1, 2), "sym.so's worker was not touched: {sym:?}");
+    let r = report(a, "/libcgi-bin/r.so");
+    assert_eq!((r.pid, r.inits, r.calls), (seen[0].pid, 1, 3), "r.so's worker was not touched: {r:?}");
+    let hard = report(a, "/libcgi-bin/hard.so");
+    assert_ne!(hard.pid, seen[1].pid, "hard.so's worker was replaced");
+    assert_eq!((hard.inits, hard.calls), (1, 1), "a fresh load after the fault: {hard:?}");
+    let log = a.error_log();
+    assert_eq!(log.lines().filter(|l| l.contains("loaded in isolated worker")).count(), 4, "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("processfunc crashed in its isolated worker")).count(), 1, "{log}");
 }
 
 /// chmod 0777 gives 403 at once; chmod back serves again without a second
@@ -351,7 +378,18 @@ fn fault_while_another_request_runs(mpm: Mpm) {
     assert_eq!((long.state.as_str(), long.bad), ("v1", 0), "the running request finished whole: {long:?}");
     assert_eq!((next.inits, next.calls, next.bad), (1, 1, 0), "a fresh load after the old one closed: {next:?}");
     let after = report(&a, "/libcgi-bin/r.so");
-    assert_eq!((after.inits, after.calls, after.bad, after.state.as_str()), (1, 2, 0, "v1"), "{after:?}");
+    if isolated() {
+        // The fault cost only the worker it happened in (a fresh one took
+        // its place and served `next`); the worker of the long request kept
+        // its load, which no fault touched: whichever of the two answers
+        // goes on with its own count.
+        assert_ne!(next.pid, long.pid, "the long request's worker was busy: {next:?} {long:?}");
+        let calls = if after.pid == long.pid { long.calls + 1 } else { next.calls + 1 };
+        assert!(after.pid == long.pid || after.pid == next.pid, "{after:?} {long:?} {next:?}");
+        assert_eq!((after.inits, after.calls, after.bad, after.state.as_str()), (1, calls, 0, "v1"), "{after:?}");
+    } else {
+        assert_eq!((after.inits, after.calls, after.bad, after.state.as_str()), (1, 2, 0, "v1"), "{after:?}");
+    }
 }
 
 mod worker_only {
@@ -381,7 +419,9 @@ mod event_only {
 fn recycle_under_steady_load(mpm: Mpm) {
     // Two processes, and the MPM told to keep both (so that the replacement
     // is started as soon as the faulted one is gone).
-    let mut c = Config::new(mpm).extra("LibCGIFaultAction recycle\nLibCGIMaxFaults 0 60");
+    // Pinned in process: recycling is what a fault costs the server process
+    // that ran the script; an isolated fault costs only its worker.
+    let mut c = Config::new(mpm).extra("LibCGIFaultAction recycle\nLibCGIMaxFaults 0 60").extra(PIN_INPROCESS);
     c.servers = 2;
     c.threads = 8;
     if mpm != Mpm::Prefork {
@@ -390,8 +430,8 @@ fn recycle_under_steady_load(mpm: Mpm) {
     let a = Apache::start(c);
     let builds = build_versions(&a, &[1], &["-DTHREAD_SAFE"]);
     install_copy(&builds[0], &a.bin.join("r.so"));
-    wait_for("both server processes", Duration::from_secs(10), || (a.children().len() == 2).then_some(()));
-    let before: BTreeSet<u32> = a.children().into_iter().collect();
+    wait_for("both server processes", Duration::from_secs(10), || (a.server_children().len() == 2).then_some(()));
+    let before: BTreeSet<u32> = a.server_children().into_iter().collect();
     let port = a.port;
     let pids = Arc::new(Mutex::new(Vec::<(Instant, u32)>::new()));
     let stop = AtomicBool::new(false);
@@ -432,12 +472,12 @@ fn recycle_under_steady_load(mpm: Mpm) {
         // Bounded by GracefulShutdownTimeout (5 s in the tests' config) plus
         // the parent's once-a-second maintenance.
         while t0.elapsed() < Duration::from_secs(10) {
-            let alive = Path::new(&format!("/proc/{faulted}")).exists() && a.children().contains(&faulted);
+            let alive = Path::new(&format!("/proc/{faulted}")).exists() && a.server_children().contains(&faulted);
             if gone_after.is_none() && !alive {
                 gone_after = Some(t0.elapsed());
             }
             if gone_after.is_some() && replaced_after.is_none() {
-                let now: BTreeSet<u32> = a.children().into_iter().collect();
+                let now: BTreeSet<u32> = a.server_children().into_iter().collect();
                 let served_by_new = pids.lock().unwrap().iter().any(|(t, p)| *t > t0 && !before.contains(p));
                 if now.len() == 2 && !now.contains(&faulted) && served_by_new {
                     replaced_after = Some(t0.elapsed());
@@ -474,7 +514,7 @@ fn recycle_under_steady_load(mpm: Mpm) {
     assert!(!log.contains("server process exiting now"), "{log}");
     // The other process never stopped.
     let other: Vec<_> = before.iter().filter(|p| **p != faulted).collect();
-    assert!(other.iter().all(|p| a.children().contains(p)), "{other:?} {:?}", a.children());
+    assert!(other.iter().all(|p| a.server_children().contains(p)), "{other:?} {:?}", a.server_children());
 }
 
 per_mpm!(

@@ -19,6 +19,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+// Server processes are counted without the isolation manager (a child of
+// the parent too under LIBCGI_TEST_ISOLATION): server_children().
+
 fn config(mpm: Mpm, libcgi: bool) -> Config {
     let mut c = Config::new(mpm);
     c.servers = 3;
@@ -52,7 +55,7 @@ fn holder_of(a: &Apache, port: u16) -> Option<u32> {
             (rport == port).then(|| format!("socket:[{inode}]"))
         })
         .collect();
-    a.children().into_iter().find(|&pid| {
+    a.server_children().into_iter().find(|&pid| {
         fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
             .flatten()
@@ -70,8 +73,8 @@ fn kill(pid: u32, sig: i32) {
 /// process held by a request is killed; returns the processes of the new
 /// generation (under event: one more than the MPM allows).
 fn kill_an_old_process_after_a_restart(a: &Apache) -> BTreeSet<u32> {
-    wait_for("3 server processes", Duration::from_secs(10), || (a.children().len() == 3).then_some(()));
-    let gen0 = set(a.children());
+    wait_for("3 server processes", Duration::from_secs(10), || (a.server_children().len() == 3).then_some(()));
+    let gen0 = set(a.server_children());
     // Headers that never end: a worker waits for them (Timeout 30).
     let mut held = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
     held.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\n").unwrap();
@@ -80,7 +83,7 @@ fn kill_an_old_process_after_a_restart(a: &Apache) -> BTreeSet<u32> {
     a.graceful();
     let gen1 =
         wait_for("the new generation up, the old one gone but for the held process", Duration::from_secs(15), || {
-            let now = set(a.children());
+            let now = set(a.server_children());
             let new: BTreeSet<u32> = now.difference(&gen0).copied().collect();
             let old: BTreeSet<u32> = now.intersection(&gen0).copied().collect();
             // prefork and worker keep one process per slot below their limit:
@@ -92,10 +95,10 @@ fn kill_an_old_process_after_a_restart(a: &Apache) -> BTreeSet<u32> {
         kill(holder, libc::SIGKILL);
         // Reaped, and whatever the parent starts for it started.
         wait_for("the killed process reaped", Duration::from_secs(5), || {
-            (!a.children().contains(&holder)).then_some(())
+            (!a.server_children().contains(&holder)).then_some(())
         });
-        wait_for("3 server processes again", Duration::from_secs(5), || (a.children().len() >= 3).then_some(()));
-        return set(a.children());
+        wait_for("3 server processes again", Duration::from_secs(5), || (a.server_children().len() >= 3).then_some(()));
+        return set(a.server_children());
     }
     kill(holder, libc::SIGKILL);
     // Apache's part: the parent replaces the killed old process although
@@ -105,7 +108,7 @@ fn kill_an_old_process_after_a_restart(a: &Apache) -> BTreeSet<u32> {
          mod_libcgi/surplus.rs can go)",
         Duration::from_secs(5),
         || {
-            let now = set(a.children());
+            let now = set(a.server_children());
             (now.len() == 4 && !now.contains(&holder) && now.is_superset(&gen1)).then_some(now)
         },
     )
@@ -115,7 +118,7 @@ fn kill_an_old_process_after_a_restart(a: &Apache) -> BTreeSet<u32> {
 fn restart_reaches_every_process(a: &Apache, before: &BTreeSet<u32>) {
     a.graceful();
     wait_for("every process of the generation before the restart gone", Duration::from_secs(10), || {
-        set(a.children()).is_disjoint(before).then_some(())
+        set(a.server_children()).is_disjoint(before).then_some(())
     });
 }
 
@@ -140,9 +143,9 @@ fn extra_process_leaves(mpm: Mpm) {
     if mpm == Mpm::Event {
         let log = a.wait_log("the extra process's line", |l| l.contains("one server process too many"));
         assert_eq!(log.matches("one server process too many").count(), 1, "{log}");
-        wait_for("3 server processes", Duration::from_secs(10), || (a.children().len() == 3).then_some(()));
+        wait_for("3 server processes", Duration::from_secs(10), || (a.server_children().len() == 3).then_some(()));
     }
-    let before = set(a.children());
+    let before = set(a.server_children());
     assert!(before.is_subset(&now), "{before:?} {now:?}");
     restart_reaches_every_process(&a, &before);
     stop_without_sigkill(a);
@@ -175,12 +178,12 @@ fn apache_alone_keeps_the_extra_process() {
     // The three that got a byte leave; the fourth is not told.
     let left =
         wait_for("the old generation down to the process that missed the restart", Duration::from_secs(10), || {
-            let old: BTreeSet<u32> = set(a.children()).intersection(&four).copied().collect();
+            let old: BTreeSet<u32> = set(a.server_children()).intersection(&four).copied().collect();
             (old.len() == 1).then_some(old)
         });
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        assert!(set(a.children()).is_superset(&left), "the process that missed the restart left after all");
+        assert!(set(a.server_children()).is_superset(&left), "the process that missed the restart left after all");
         std::thread::sleep(Duration::from_millis(100));
     }
     a.stop();

@@ -275,7 +275,7 @@ pub unsafe fn run(
                 let end = Instant::now() + Duration::from_secs(10);
                 while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
                 count_fault(r, s, ident, cfg);
-                metrics::isolated_fault(mslot, 0, true);
+                metrics::isolated_fault(mslot, CStr::from_ptr((*r).filename), 0, true);
                 return died(seg, s, reqp, &name, m, mslot, &format!("timed out after {} s", t.as_secs_f64()));
             }
             _ => {
@@ -322,6 +322,7 @@ pub unsafe fn run(
             }
             transport::OP_LOADFAIL => {
                 let msg = String::from_utf8_lossy(&s.data[..out]).into_owned();
+                count_load(r, s, mslot, &name, true, msg.starts_with("initfunc"), false);
                 s.op = transport::OP_ACK;
                 transport::pass(&s.state, TO_SERVER, TO_WORKER);
                 drop(held);
@@ -347,12 +348,10 @@ pub unsafe fn run(
                 }
                 let rc = s.rc;
                 let pid = s.pid.load(Ordering::Relaxed);
-                if s.loaded != 0 {
-                    log::rlog!(r, APLOG_DEBUG, "{name}: loaded in isolated worker {pid}");
-                }
+                let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
+                count_load(r, s, mslot, &name, false, false, bad);
                 let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
                 log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
-                let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
                 // Bad output unloads the script, as in process: the worker
                 // reads the answer when it next looks at the slot.  IDLE
                 // without a wake-up (the worker does not wait for it; the
@@ -530,6 +529,37 @@ impl Vars {
     }
 }
 
+/// The loads, reloads and unloads the worker reported (Slot::loaded) and
+/// the unload after bad output (`unload`), in the metrics and the debug
+/// log as in process (the worker writes neither).
+#[allow(clippy::too_many_arguments)]
+unsafe fn count_load(
+    r: *mut sys::request_rec,
+    s: &Slot,
+    mslot: u32,
+    name: &crate::handler::Name,
+    failed: bool,
+    init_failed: bool,
+    unload: bool,
+) {
+    let (loaded, replaced) = (s.loaded & transport::LOADED != 0, s.loaded & transport::LOADED_REPLACED != 0);
+    if !(loaded || replaced || unload) {
+        return;
+    }
+    let path = CStr::from_ptr((*r).filename);
+    metrics::isolated_load(mslot, path, loaded, replaced, failed, init_failed, unload);
+    let pid = s.pid.load(Ordering::Relaxed);
+    if replaced {
+        log::rlog!(r, APLOG_DEBUG, "{name}: file changed, loaded again in isolated worker {pid}");
+    }
+    if loaded && !failed {
+        log::rlog!(r, APLOG_DEBUG, "{name}: loaded in isolated worker {pid}");
+    }
+    if unload {
+        log::rlog!(r, APLOG_DEBUG, "{name}: unloaded in isolated worker {pid} (bad output)");
+    }
+}
+
 /// A crash or timeout of the script itself (not the manager's death)
 /// counts towards its quarantine, as in process.
 unsafe fn count_fault(r: *mut sys::request_rec, s: &Slot, ident: crate::registry::FileIdent, cfg: &Settings) {
@@ -555,7 +585,7 @@ unsafe fn died(
     m.isolated_done();
     let st = s.died.load(Ordering::Acquire);
     if libc::WIFSIGNALED(st) && !what.starts_with("timed out") {
-        metrics::isolated_fault(mslot, libc::WTERMSIG(st), false);
+        metrics::isolated_fault(mslot, CStr::from_ptr((*r).filename), libc::WTERMSIG(st), false);
     }
     let how = if libc::WIFSIGNALED(st) {
         format!("signal {}", libc::WTERMSIG(st))

@@ -445,6 +445,8 @@ pub unsafe fn handle(
     if let Err(e) = trusted(r, ident, cfg) {
         let name = CStr::from_ptr((*r).filename).to_string_lossy();
         log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: cannot load script: {e}"));
+        // Counted as the refusal of a load in process is.
+        m.isolated_refused(false);
         return sys::HTTP_FORBIDDEN as c_int;
     }
     // Quarantine as in process: a script that faults too often in its
@@ -453,6 +455,8 @@ pub unsafe fn handle(
     if let Some(secs) = quarantine_left(CStr::from_ptr((*r).filename), ident) {
         let v = std::ffi::CString::new(secs.to_string()).unwrap_or_default();
         sys::apr_table_setn((*r).err_headers_out, c"Retry-After".as_ptr(), sys::apr_pstrdup((*r).pool, v.as_ptr()));
+        // A quarantined 503, as in process (quarantined_503).
+        m.isolated_refused(true);
         return sys::HTTP_SERVICE_UNAVAILABLE as c_int;
     }
     // Counted in the domain only from here: a refusal above ran nowhere

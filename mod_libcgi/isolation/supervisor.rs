@@ -155,13 +155,66 @@ fn info(t: &super::policy::Table, msg: &str) {
     }
 }
 
+/// The write end of the pipe to the stderr relay (-1: none): each worker's
+/// stderr.
+static mut STDERR_PIPE: libc::c_int = -1;
+
+/// A script's stderr goes to the error log, as it does in process and
+/// under mod_cgid, but a worker holds no descriptor of the log itself (it
+/// could truncate it): its stderr is a pipe, and this process of the
+/// manager's copies what comes through it to the log (the manager's
+/// stderr).  A write of up to PIPE_BUF bytes is atomic, so the lines of
+/// concurrent workers do not interleave.  It ends when the last writer
+/// closes the pipe (the manager at its stop, then its workers) or with the
+/// manager (PDEATHSIG).  Returns the write end, or -1.
+unsafe fn start_stderr_relay(me: libc::pid_t) -> libc::c_int {
+    let mut fds = [0 as libc::c_int; 2];
+    if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        return -1;
+    }
+    let pid = libc::fork();
+    if pid < 0 {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        return -1;
+    }
+    if pid == 0 {
+        die_with_parent(me);
+        libc::close(fds[1]);
+        libc::prctl(libc::PR_SET_NAME, c"libcgi-stderr".as_ptr());
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+                libc::_exit(0);
+            }
+            let mut at = 0;
+            while at < n.max(0) as usize {
+                let w = libc::write(2, buf[at..].as_ptr() as *const libc::c_void, n as usize - at);
+                if w <= 0 {
+                    break;
+                }
+                at += w as usize;
+            }
+        }
+    }
+    libc::close(fds[0]);
+    fds[1]
+}
+
 unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
     let mut eval = super::policy::Evaluator::new();
+    STDERR_PIPE = start_stderr_relay(me);
     loop {
         let seen = h.doorbell.load(Ordering::Acquire);
         if TERM.load(Ordering::SeqCst) {
+            // The relay ends once the workers (the other writers) are gone.
+            if STDERR_PIPE >= 0 {
+                libc::close(STDERR_PIPE);
+                STDERR_PIPE = -1;
+            }
             // Idle workers run their scripts' terminatefunc and exit; one
             // still in a request (or stuck) is killed after a grace period.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
@@ -259,7 +312,9 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
     }
     if pid == 0 {
         die_with_parent(me);
-        scrub_process(false);
+        // stderr: the pipe to the relay (kept by the scrub), else /dev/null.
+        let keep = STDERR_PIPE >= 0 && libc::dup2(STDERR_PIPE, 2) == 2;
+        scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
     s.have = ident;

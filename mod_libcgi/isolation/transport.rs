@@ -86,6 +86,10 @@ pub struct Header {
     pub policy: super::policy::Table,
 }
 
+/// Slot::loaded bits.
+pub const LOADED: u32 = 1;
+pub const LOADED_REPLACED: u32 = 2;
+
 #[repr(C, align(4096))]
 pub struct Slot {
     pub state: AtomicU32,
@@ -119,8 +123,10 @@ pub struct Slot {
     /// OP_REQ: the identity of the script file (dev, ino, size, mtime, ctime).
     pub file: [i64; 5],
     pub served: AtomicU64,
-    /// OP_DONE: the worker loaded the script for this request (for the
-    /// debug log, which only the server writes).
+    /// OP_DONE, OP_LOADFAIL: LOADED, the worker loaded the script for
+    /// this request; LOADED_REPLACED, it dropped the version it had first
+    /// (the file was replaced).  For the metrics and the debug log, which
+    /// only the server writes.
     pub loaded: u32,
     /// What the worker is running, for the message if it dies: 1 initfunc,
     /// 2 processfunc.

@@ -17,7 +17,10 @@ unsafe extern "C" {
 }
 
 struct Loaded {
-    file: [i64; 5],
+    /// Device and inode of what was actually opened (fstat of the
+    /// descriptor): one object is one load, as in process (registry.rs),
+    /// whatever its ctime or the request's stat says.
+    object: (i64, i64),
     process: unsafe extern "C" fn(*mut c_char) -> c_int,
     terminate: Option<unsafe extern "C" fn()>,
     _lib: Library,
@@ -400,14 +403,20 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     CALL = &mut c;
     let path = &b.head[..path_len.min(b.head.len())];
     let file = (*c.slot).file;
-    if scripts.get(path).is_some_and(|l| l.file != file) {
-        scripts.remove(path);
-    }
     (*c.slot).loaded = 0;
+    // Loaded again only for another object than the one loaded, as in
+    // process: not for a chmod or touch (the ctime; the server has checked
+    // the trust again), and not for a request whose stat is older than the
+    // load (a stale stat of a version replaced since: the path still names
+    // what is loaded, which it runs whole).
+    if scripts.get(path).is_some_and(|l| l.object != (file[0], file[1]) && path_object(path) != Some(l.object)) {
+        scripts.remove(path);
+        (*c.slot).loaded = transport::LOADED_REPLACED;
+    }
     if !scripts.contains_key(path) {
-        (*c.slot).loaded = 1;
+        (*c.slot).loaded |= transport::LOADED;
         (*c.slot).phase.store(1, Ordering::Release);
-        match load(path, file) {
+        match load(path) {
             Ok(l) => {
                 scripts.insert(path.to_vec(), l);
             }
@@ -462,13 +471,33 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     environ = std::ptr::null_mut();
 }
 
-unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
+/// Device and inode the path names now.
+fn path_object(path: &[u8]) -> Option<(i64, i64)> {
+    let p = CString::new(path).ok()?;
+    // SAFETY: stat into a zeroed struct.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::stat(p.as_ptr(), &mut st) == 0).then_some((st.st_dev as i64, st.st_ino as i64))
+    }
+}
+
+unsafe fn load(path: &[u8]) -> Result<Loaded, (String, bool)> {
     let p = CString::new(path).map_err(|_| ("bad path".to_string(), false))?;
     let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
     if fd < 0 {
         return Err((format!("cannot open: {}", std::io::Error::last_os_error()), false));
     }
     let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+    let mut st: libc::stat = std::mem::zeroed();
+    if libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) != 0 {
+        return Err((format!("cannot stat: {}", std::io::Error::last_os_error()), false));
+    }
+    let object = (st.st_dev as i64, st.st_ino as i64);
+    // The ELF program headers checked before dlopen, as in process: a
+    // truncated object would be a SIGBUS inside the loader, reported as a
+    // crash of the script instead of the reason.
+    crate::elfcheck::whole(std::os::fd::AsFd::as_fd(&fd))
+        .map_err(|e| (format!("not a loadable shared object: {e}"), false))?;
     let name = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     let lib = Library::open(Some(&name), RTLD_NOW | RTLD_LOCAL | libc::RTLD_DEEPBIND);
     let lib = lib.map_err(|e| {
@@ -491,5 +520,5 @@ unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
             _ => return Err((format!("initfunc {}", out.describe(None)), false)),
         }
     }
-    Ok(Loaded { file: _file, process, terminate, _lib: lib, _fd: fd, code, _path: path })
+    Ok(Loaded { object, process, terminate, _lib: lib, _fd: fd, code, _path: path })
 }

@@ -18,8 +18,8 @@ mod segment;
 mod snapshot;
 
 pub use record::{
-    discard_callback_time, header_parse_done, isolated_exit, isolated_fault, loaded, quarantined, reloaded, slot_for,
-    unloaded, Req,
+    discard_callback_time, header_parse_done, isolated_exit, isolated_fault, isolated_load, loaded, quarantined,
+    reloaded, slot_for, unloaded, Req,
 };
 
 pub use segment::{DomainSums, Domains};

@@ -256,6 +256,22 @@ impl Req {
         }
     }
 
+    /// An isolated request refused before the call, in the row `script`
+    /// chose: a quarantine 503, or (not `quarantined`) a refused load, as
+    /// `not_loaded` counts them in process.
+    #[cold]
+    #[inline(never)]
+    pub fn isolated_refused(&mut self, quarantined: bool) {
+        if !self.on() {
+            return;
+        }
+        let Some(s) = seg() else { return };
+        self.quarantined = quarantined;
+        if !quarantined {
+            s.events(self.slot).load_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// processfunc returned (or was cut short).
     #[inline]
     pub fn called(&mut self, out: &guard::Outcome, path: &CStr, recycle: bool) {
@@ -574,7 +590,13 @@ pub fn unloaded(slot: u32, path: &CStr) {
 /// deadline (`timeout`).  Counted for the script only: the server process
 /// was not touched.
 #[cold]
-pub fn isolated_fault(slot: u32, signo: i32, timeout: bool) {
+pub fn isolated_fault(slot: u32, path: &CStr, signo: i32, timeout: bool) {
+    // The probes fire in the server process, as for a fault in process.
+    if timeout {
+        probes::timeout(path.as_ptr());
+    } else {
+        probes::fault(path.as_ptr(), signo.into());
+    }
     let Some(s) = seg() else { return };
     let e = s.events(slot as usize);
     if timeout {
@@ -588,6 +610,45 @@ pub fn isolated_fault(slot: u32, signo: i32, timeout: bool) {
     e.last_fault_signal.store(signo as u64, Ordering::Relaxed);
     e.last_fault_pid.store(0, Ordering::Relaxed);
     e.last_fault_addr.store(u64::MAX, Ordering::Relaxed);
+}
+
+/// What an isolated worker did with the script for one request: loaded it
+/// (`failed`: the load failed, `init_failed`: in initfunc), dropped the
+/// version it had first because the file was replaced (`replaced`: a
+/// reload and an unload), or, told by the server after bad output, will
+/// drop it (`unload`).  Counted as in process; no callback time to discard
+/// (an isolated request has none).
+#[cold]
+pub fn isolated_load(
+    slot: u32,
+    path: &CStr,
+    loaded: bool,
+    replaced: bool,
+    failed: bool,
+    init_failed: bool,
+    unload: bool,
+) {
+    let Some(s) = seg() else { return };
+    let e = s.events(slot as usize);
+    let p = s.procs(proc_slot());
+    if replaced {
+        e.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+    if replaced || unload {
+        e.unloads.fetch_add(1, Ordering::Relaxed);
+        p.unloads.fetch_add(1, Ordering::Relaxed);
+        probes::unload(path.as_ptr());
+    }
+    if loaded && failed {
+        e.load_failures.fetch_add(1, Ordering::Relaxed);
+        if init_failed {
+            e.init_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    } else if loaded {
+        e.loads.fetch_add(1, Ordering::Relaxed);
+        p.loads.fetch_add(1, Ordering::Relaxed);
+        probes::load(path.as_ptr());
+    }
 }
 
 #[cold]

@@ -223,6 +223,18 @@ pub fn isolation_directive() -> String {
     }
 }
 
+/// The suite runs with LIBCGI_TEST_ISOLATION=process (or adaptive): the
+/// libcgi-bin scripts run in isolated workers, whose pid is not a server
+/// process's.
+pub fn isolated() -> bool {
+    std::env::var("LIBCGI_TEST_ISOLATION").is_ok_and(|s| !s.is_empty() && s != "inprocess")
+}
+
+/// Config lines (`Config::extra`) that keep /libcgi-bin/ in process whatever
+/// LIBCGI_TEST_ISOLATION says, for a test of an in-process-only mechanism
+/// (a <Location> merges after the <Directory> the switch writes to).
+pub const PIN_INPROCESS: &str = "<Location /libcgi-bin/>\n  LibCGIIsolation inprocess\n</Location>";
+
 pub struct Apache {
     pub dir: PathBuf,
     /// The libcgi-bin directory (Options +ExecCGI, AddHandler .so).
@@ -491,6 +503,15 @@ Alias /tiny/ {d}/bin/
             }
         }
         v
+    }
+
+    /// Server processes alive: `children` without the isolation manager
+    /// (a child of the parent too, whenever a directory is isolated).
+    pub fn server_children(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).map_or(true, |c| c.trim() != "libcgi-manager"))
+            .collect()
     }
 
     /// Graceful restart: the old generation finishes and exits.

@@ -9,6 +9,7 @@
  *   mode=shm        bytes of shared anonymous memory mapped (/dev/zero)
  *   mode=envsum     per HTTP_X_BIG* variable: "NAME len sum" (sum of its
  *                   bytes), one a line, and the number of variables
+ *   mode=stderr     writes "iso stderr from <pid>" to its stderr (one write)
  *   otherwise       "iso pid=<pid>"
  */
 #define _GNU_SOURCE
@@ -121,6 +122,14 @@ int processfunc(char *input)
             fclose(o);
         }
         sleep(20);
+        return 0;
+    }
+    if (mode && strcmp(mode, "stderr") == 0) {
+        char line[64];
+        int n = snprintf(line, sizeof line, "iso stderr from %d\n", (int)getpid());
+        if (write(2, line, (size_t)n) != n)
+            return 1;
+        lprintf("pid=%d", (int)getpid());
         return 0;
     }
     if (mode && strcmp(mode, "shm") == 0) {
