@@ -185,7 +185,7 @@ fn looping_terminatefunc(timeout: &str) {
 }
 
 /// The workers of `a`'s isolation manager (the parent's child named
-/// libcgi-manager), none if it has none.
+/// libcgi-manager; its stderr relay is not one), none if it has none.
 fn isolation_workers(a: &Apache) -> Vec<u32> {
     let comm = |p: u32| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
     let kids = |p: u32| -> Vec<u32> {
@@ -195,7 +195,12 @@ fn isolation_workers(a: &Apache) -> Vec<u32> {
             .filter_map(|x| x.parse().ok())
             .collect()
     };
-    kids(a.pid()).into_iter().filter(|&p| comm(p).contains("libcgi-manager")).flat_map(kids).collect()
+    kids(a.pid())
+        .into_iter()
+        .filter(|&p| comm(p).contains("libcgi-manager"))
+        .flat_map(kids)
+        .filter(|&p| comm(p).contains("libcgi-worker"))
+        .collect()
 }
 
 /// Stop (SIGTERM) and hard restart (SIGHUP) with the script loaded in
