@@ -223,6 +223,34 @@ pub fn isolation_directive() -> String {
     }
 }
 
+/// Whether LIBCGI_TEST_ISOLATION runs the libcgi-bin scripts in isolated
+/// workers (`process`, or `adaptive`, where every script starts isolated):
+/// for the tests whose observations legitimately differ there (the pid that
+/// answers is a worker's, the log wording of an isolated fault).
+pub fn isolated() -> bool {
+    matches!(std::env::var("LIBCGI_TEST_ISOLATION").as_deref(), Ok("process" | "adaptive"))
+}
+
+/// Config lines that keep the libcgi-bin scripts in the server processes
+/// whatever LIBCGI_TEST_ISOLATION says (a <Location> merges after the
+/// <Directory> that carries the switch), for a test of an in-process-only
+/// mechanism.
+pub const IN_PROCESS: &str = "<Location /libcgi-bin/>\n  LibCGIIsolation inprocess\n</Location>";
+
+/// The server processes proper: the parent's children but the isolation
+/// manager.
+pub fn server_processes(a: &Apache) -> Vec<u32> {
+    a.children()
+        .into_iter()
+        .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() != "libcgi-manager")
+        .collect()
+}
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
+}
+
 pub struct Apache {
     pub dir: PathBuf,
     /// The libcgi-bin directory (Options +ExecCGI, AddHandler .so).
