@@ -222,15 +222,19 @@ static WORKER_API: guard::RsApi = guard::RsApi {
     thread_gone: guard::thread_gone,
 };
 
-/// exit() & co. end the request, as in the server (the worker lives on);
-/// vfork is fork, as in the server (registry.rs): a vfork child shares the
-/// worker's memory and stack, and its exit would end the worker's request.
-fn exit_bindings() -> [(&'static CStr, usize); 6] {
+/// exit() & co. end the request, as in the server (the worker lives on),
+/// and so does pthread_exit on the request's thread (unbound, it ended the
+/// worker's only thread, so the worker, and the request got a 500 instead
+/// of its output); vfork is fork, as in the server (registry.rs): a vfork
+/// child shares the worker's memory and stack, and its exit would end the
+/// worker's request.
+fn exit_bindings() -> [(&'static CStr, usize); 7] {
     [
         (c"exit", guard::libcgi_c_exit as *const () as usize),
         (c"_exit", guard::libcgi_c__exit as *const () as usize),
         (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
         (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
+        (c"pthread_exit", guard::libcgi_c_pthread_exit as *const () as usize),
         (c"vfork", libc::fork as *const () as usize),
         (c"__vfork", libc::fork as *const () as usize),
     ]
