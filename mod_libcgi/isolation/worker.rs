@@ -146,6 +146,26 @@ extern "C" fn forked_child() {
     unsafe { CALL = std::ptr::null_mut() };
 }
 
+/// The guard ended a call of the script without a signal: a callback found
+/// the thread's stack all but used up (recursion through lprintf), which the
+/// guard treats as the SIGSEGV it would soon be.  Nothing is caught in a
+/// worker, so the worker dies of that signal, as it would have a moment
+/// later, and the server thread answers as after any crash.  (Taken for a
+/// return, it sent the output so far as a complete 200.)
+fn fault_ends_the_worker(out: &guard::Outcome) -> ! {
+    let sig = if out.signo > 0 { out.signo } else { libc::SIGSEGV };
+    // SAFETY: ends this process only; the signal's default action, unblocked.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig)
+    }
+}
+
 /// The server thread is gone or the slot was taken from us: nothing to
 /// answer to.
 fn die() -> ! {
@@ -441,6 +461,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
+        guard::FAULT | guard::TIMEOUT | guard::PANIC => fault_ends_the_worker(&out),
         _ => (guard::RETURNED, out.rc),
     };
     let rt_cpu = c.rt_cpu;
@@ -492,6 +513,7 @@ unsafe fn load(path: &[u8], _file: [i64; 5]) -> Result<Loaded, (String, bool)> {
         match out.kind {
             guard::RETURNED if out.rc == 0 => {}
             guard::RETURNED => return Err((format!("initfunc returned {}", out.rc), false)),
+            guard::FAULT | guard::TIMEOUT | guard::PANIC => fault_ends_the_worker(&out),
             _ => return Err((format!("initfunc {}", out.describe(None)), false)),
         }
     }
