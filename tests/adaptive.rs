@@ -29,12 +29,18 @@ fn server(mpm: Mpm) -> (Apache, std::path::PathBuf) {
 }
 
 fn server_with(mpm: Mpm, more: &str) -> (Apache, std::path::PathBuf) {
+    server_logging(mpm, more, None)
+}
+
+fn server_logging(mpm: Mpm, more: &str, loglevel: Option<&str>) -> (Apache, std::path::PathBuf) {
     let mut c = Config::new(mpm);
     // Prefork: a process per open connection (7 load clients and the polls).
     if mpm == Mpm::Prefork {
         c.servers = 12;
     }
-    c.loglevel = std::env::var("ADAPTIVE_LOGLEVEL").unwrap_or("warn libcgi:info".into());
+    c.loglevel = loglevel
+        .map(str::to_string)
+        .unwrap_or_else(|| std::env::var("ADAPTIVE_LOGLEVEL").unwrap_or("warn libcgi:info".into()));
     c.extra = "<Location /libcgi-status>\n  SetHandler libcgi-status\n</Location>\n\
                LibCGIIsolationBudget 0.5\n<Files \"a_*.so\">\n  LibCGIIsolation adaptive\n</Files>\n\
                <Files \"p_*.so\">\n  LibCGIIsolation process\n</Files>\n"
@@ -421,6 +427,40 @@ fn promotes_without_a_metrics_row(mpm: Mpm) {
     assert!(dead_children(&log).is_empty(), "{log}");
 }
 
+/// A hostile adaptive script (tests/scripts/forge.c) that forges its
+/// worker's half of the crossing cost, a thread writing 1000 s per crossing
+/// into its slot, is still judged by what the server thread measured: at
+/// about 50 requests a second it stays isolated (its true overhead is
+/// about a tenth of the 0.5% budget).  The debug log shows the forgery
+/// reached the server; before the bound (decide::crossing_cost), one such
+/// sample promoted it.
+fn a_forged_crossing_cost_buys_no_promotion(mpm: Mpm) {
+    let (a, _life) = server_logging(mpm, "", Some("warn libcgi:debug"));
+    a.install("a_forge.so", "forge", &["-pthread"]);
+    let first = get(&a, "/libcgi-bin/a_forge.so?first").text();
+    assert!(first.contains(" armed=1 "), "the forger did not find its slot: {first}");
+    let forger = load(&a, "/libcgi-bin/a_forge.so", "f", 1, Duration::from_millis(20));
+    let start = Instant::now();
+    let mut forged = 0;
+    while start.elapsed() < Duration::from_secs(8) || forged < 3 {
+        assert!(start.elapsed() < Duration::from_secs(40), "the forgery never reached the server:\n{}", a.error_log());
+        assert_eq!(domain(&a, "a_forge.so"), "process", "promoted on a forged cost:\n{}", a.error_log());
+        forged = a
+            .error_log()
+            .lines()
+            .filter(|l| l.contains("a_forge.so: crossing cost ") && l.contains(" + 1000000000000 ns in the worker"))
+            .count();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let t = forger.finish();
+    let log = a.error_log();
+    exact("a_forge", &t, &log);
+    assert!(t.ok > 100, "too little traffic: {}", t.ok);
+    assert!(!log.contains("a_forge.so: promoted"), "{log}");
+    let j = status_json(&a);
+    assert_eq!(row(&j, "a_forge.so")["transitions"], serde_json::json!({"promote": 0, "demote": 0}), "{j}");
+}
+
 fn with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
     use std::process::Stdio;
     let mut c = cmd
@@ -441,5 +481,6 @@ fn super_tick() -> Duration {
 per_mpm!(
     promotes_under_load_and_demotes_when_it_drops,
     fault_in_process_demotes_at_once_and_cools_down,
-    promotes_without_a_metrics_row
+    promotes_without_a_metrics_row,
+    a_forged_crossing_cost_buys_no_promotion
 );

@@ -162,8 +162,9 @@ fn put(d: &mut [u8], at: &mut usize, b: &[u8]) -> bool {
 /// this thread's CPU time from handing the request over to "done", less its
 /// time pushing output down the filter chain (which the in-process path
 /// pays too), plus the worker's CPU time since its previous request ended,
-/// less the script's own (processfunc less its callbacks' round trips); not
-/// when the call loaded the script or did not end normally.
+/// less the script's own (processfunc less its callbacks' round trips),
+/// bounded by decide::WORKER_CLAIM_MAX (the worker's part is its own
+/// word); not when the call loaded the script or did not end normally.
 ///
 /// # Safety
 /// `r` is the live request; `input` its body (NUL-terminated) or null.
@@ -346,7 +347,7 @@ pub unsafe fn run(
                 if sample && s.loaded == 0 {
                     let now = transport::thread_cpu_ns();
                     let server = (now - cpu_call).saturating_sub(cpu_out + (now - c_o));
-                    *cross = Some(server + s.worker_cpu_ns);
+                    *cross = Some(super::decide::crossing_cost(server, s.worker_cpu_ns));
                     log::rlog!(
                         r,
                         APLOG_DEBUG,

@@ -43,6 +43,7 @@
 //!   server process's requests.
 
 mod client;
+pub mod decide;
 pub use client::child_init as client_child_init;
 pub mod policy;
 mod supervisor;

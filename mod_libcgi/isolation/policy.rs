@@ -29,6 +29,7 @@
 //!   then stays isolated for `COOL_DOWN`.  Faults while isolated change
 //!   nothing (the worker is replaced; the server processes are not touched).
 
+use super::decide::{Moves, Obs, Planner, Tick};
 use super::transport::{self, Segment};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,19 +50,7 @@ const FREE: u32 = 0;
 const CLAIMING: u32 = 1;
 const READY: u32 = 2;
 
-pub const TICK: Duration = Duration::from_millis(250);
-pub const DWELL: Duration = Duration::from_secs(2);
-pub const COOL_DOWN: Duration = Duration::from_secs(10);
-/// The low watermark as a share of the budget.  Half was too low: in the
-/// 2026-12-03 load shift (40k req/s) the 20 cold scripts alone came to
-/// about 4.5% of a 10% budget, so the old hot script, promoted and now
-/// cold, could never go back out.  A quarter of the budget is still a band
-/// a script's traffic must cross (by a third) to flap.
-const LOW: f64 = 0.75;
-/// Evaluations in a row over the budget before a promotion (750 ms).
-const SUSTAINED: u32 = 3;
-/// Weight of the newest tick in the smoothed rate and cost.
-const ALPHA: f64 = 0.4;
+pub use super::decide::TICK;
 
 /// Read by every request of the script; written at transitions only.
 #[repr(C, align(64))]
@@ -223,57 +212,59 @@ impl Entry {
     }
 }
 
-/// The evaluator's memory of one entry (the manager's own).
-#[derive(Clone, Default)]
-struct Track {
-    /// The counts have a baseline: the rows outlive a graceful restart and
-    /// a new manager, the evaluator's memory does not.
-    seen: bool,
-    seen_reqs: u64,
-    seen_cross_n: u64,
-    seen_cross_ns: u64,
-    seen_faults: u64,
-    /// Requests per second, smoothed.
-    rate: f64,
-    /// Seconds per crossing, smoothed; 0 until measured.
-    cost: f64,
-    /// The last transition.
-    since: Option<Instant>,
-    /// Consecutive evaluations that found it isolated and the overhead
-    /// over the budget: a promotion needs `SUSTAINED` of them, so that the
-    /// noisy first samples of a new script (one tick, a worker's first
-    /// wake-ups) promote nothing.
-    over: u32,
-    /// Promoted by this evaluator (and not demoted since).
-    inproc: bool,
-    cool_until: Option<Instant>,
-}
-
 pub struct Evaluator {
-    tracks: Vec<Track>,
+    planner: Planner,
     last: Instant,
     pub next: Instant,
+}
+
+/// The planner's moves, on the shared table.
+struct OnTable<'a>(&'a Table);
+
+impl Moves for OnTable<'_> {
+    fn promote(&mut self, i: usize) -> bool {
+        let e = &self.0.entries[i];
+        let ok = e.hot.domain.compare_exchange(ISOLATED, INPROCESS, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if ok {
+            e.rare.promotions.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+    fn demote(&mut self, i: usize) -> bool {
+        let e = &self.0.entries[i];
+        let ok = e.hot.domain.compare_exchange(INPROCESS, ISOLATED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if ok {
+            e.rare.demotions.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+    fn fault(&mut self, i: usize, promoted: bool, cool: Duration) {
+        let e = &self.0.entries[i];
+        if e.hot.domain.swap(ISOLATED, Ordering::AcqRel) == INPROCESS || promoted {
+            e.rare.demotions.fetch_add(1, Ordering::Relaxed);
+        }
+        e.rare.cool_until_ms.store(unix_ms() + cool.as_millis() as u64, Ordering::Relaxed);
+    }
+    fn cooled(&mut self, i: usize) {
+        self.0.entries[i].rare.cool_until_ms.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Evaluator {
     pub fn new() -> Evaluator {
         let now = Instant::now();
-        Evaluator { tracks: vec![Track::default(); ENTRIES], last: now, next: now + TICK }
+        Evaluator { planner: Planner::new(ENTRIES), last: now, next: now + TICK }
     }
 
     /// One evaluation; `log` writes a line to the error log at info level.
     pub fn run(&mut self, t: &Table, seg: &Segment, me: libc::pid_t, log: &dyn Fn(&str)) {
         let cpu0 = transport::thread_cpu_ns();
         let now = Instant::now();
-        let dt = now.duration_since(self.last).as_secs_f64().max(1e-3);
+        let dt = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.next = now + TICK;
         let capacity = t.ncpu.max(1) as f64;
         let budget = t.budget_ppm as f64 / 1e6 * capacity;
-        let pct = |x: f64| x / capacity * 100.0;
-        // (index, overhead in CPU-s/s) of adaptive scripts by domain.
-        let mut isolated: Vec<(usize, f64)> = Vec::new();
-        let mut promoted: Vec<(usize, f64)> = Vec::new();
         // The requests' own counts are in the metrics rows of the threads
         // that ran them: summed here, in one pass over the rows in use.
         let ready: Vec<usize> =
@@ -281,140 +272,33 @@ impl Evaluator {
         let rows: Vec<usize> = ready.iter().map(|&i| t.entries[i].metrics_row().unwrap_or(usize::MAX)).collect();
         let mut sums = vec![[0u64; 6]; ready.len()];
         crate::metrics::domain_sums(&rows, &mut sums);
-        for (k, &i) in ready.iter().enumerate() {
-            let e = &t.entries[i];
-            if e.hot.metrics_slot.load(Ordering::Relaxed) == 0 {
-                // Its first request has not reached its row yet: a baseline
-                // taken now would miss what the row holds from before a
-                // graceful restart.
-                continue;
-            }
-            let tr = &mut self.tracks[i];
-            let [in_reqs, _, iso_reqs, _, cn, cns] = e.counts(&sums[k]);
-            let reqs = in_reqs + iso_reqs;
-            if !tr.seen {
-                // First seen now: the dwell time holds from here, as after
-                // a transition, and counting starts from what is there.
-                tr.seen = true;
-                tr.since = Some(now);
-            } else {
-                let inst = reqs.saturating_sub(tr.seen_reqs) as f64 / dt;
-                tr.rate = ALPHA * inst + (1.0 - ALPHA) * tr.rate;
-                if cn > tr.seen_cross_n {
-                    let sample = cns.saturating_sub(tr.seen_cross_ns) as f64 / 1e9 / (cn - tr.seen_cross_n) as f64;
-                    tr.cost = if tr.cost == 0.0 { sample } else { ALPHA * sample + (1.0 - ALPHA) * tr.cost };
-                }
-            }
-            tr.seen_reqs = reqs;
-            tr.seen_cross_n = cn;
-            tr.seen_cross_ns = cns;
-            if e.hot.mode.load(Ordering::Relaxed) != ADAPTIVE {
-                continue;
-            }
-            let over = tr.rate * tr.cost;
-            let faults = e.rare.faults.load(Ordering::Acquire);
-            if faults != tr.seen_faults {
-                tr.seen_faults = faults;
-                // The server thread that saw the fault has demoted it already
-                // (or it was isolated by then): the cool-down starts now.
-                let was_in = e.hot.domain.swap(ISOLATED, Ordering::AcqRel) == INPROCESS || tr.inproc;
-                if was_in {
-                    e.rare.demotions.fetch_add(1, Ordering::Relaxed);
-                }
-                tr.inproc = false;
-                tr.since = Some(now);
-                tr.cool_until = Some(now + COOL_DOWN);
-                e.rare.cool_until_ms.store(unix_ms() + COOL_DOWN.as_millis() as u64, Ordering::Relaxed);
-                log(&format!(
-                    "{}: demoted to isolated after a fault in process (rate {:.1}/s x {:.1} us per crossing = {:.3}% \
-                     of server CPU; budget {:.3}%); isolated for {} s",
-                    e.name(),
-                    tr.rate,
-                    tr.cost * 1e6,
-                    pct(over),
-                    pct(budget),
-                    COOL_DOWN.as_secs()
-                ));
-                continue;
-            }
-            if tr.cool_until.is_some_and(|c| now < c) {
-                continue;
-            }
-            if tr.cool_until.take().is_some() {
-                e.rare.cool_until_ms.store(0, Ordering::Relaxed);
-            }
-            if e.hot.domain.load(Ordering::Acquire) == INPROCESS {
-                promoted.push((i, over));
-            } else {
-                isolated.push((i, over));
-            }
-        }
-        let mut total: f64 = isolated.iter().map(|x| x.1).sum();
-        for &(i, over) in &isolated {
-            let tr = &mut self.tracks[i];
-            tr.over = if total > budget && over > 0.0 { tr.over + 1 } else { 0 };
-        }
-        let settled = |tr: &Track| tr.since.is_none_or(|s| now.duration_since(s) >= DWELL);
-        if total > budget {
-            isolated.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for &(i, over) in &isolated {
-                if total <= budget || over <= 0.0 {
-                    break;
-                }
-                if !settled(&self.tracks[i]) || self.tracks[i].over < SUSTAINED {
-                    continue;
-                }
+        let obs: Vec<Obs> = ready
+            .iter()
+            .zip(&sums)
+            // Not before its first request reached its row: a baseline taken
+            // now would miss what the row holds from before a graceful restart.
+            .filter(|(&i, _)| t.entries[i].hot.metrics_slot.load(Ordering::Relaxed) != 0)
+            .map(|(&i, sum)| {
                 let e = &t.entries[i];
-                if e.hot.domain.compare_exchange(ISOLATED, INPROCESS, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    continue;
+                let [in_reqs, _, iso_reqs, _, crossings, crossing_ns] = e.counts(sum);
+                Obs {
+                    index: i,
+                    adaptive: e.hot.mode.load(Ordering::Relaxed) == ADAPTIVE,
+                    inprocess: e.hot.domain.load(Ordering::Acquire) == INPROCESS,
+                    requests: in_reqs + iso_reqs,
+                    crossings,
+                    crossing_ns,
+                    faults: e.rare.faults.load(Ordering::Acquire),
                 }
-                e.rare.promotions.fetch_add(1, Ordering::Relaxed);
-                let tr = &mut self.tracks[i];
-                tr.since = Some(now);
-                tr.inproc = true;
-                log(&format!(
-                    "{}: promoted into the server processes (rate {:.1}/s x {:.1} us per crossing = {:.3}% of server \
-                     CPU; isolated overhead {:.3}% > budget {:.3}%)",
-                    e.name(),
-                    tr.rate,
-                    tr.cost * 1e6,
-                    pct(over),
-                    pct(total),
-                    pct(budget)
-                ));
-                total -= over;
-            }
-        } else {
-            promoted.sort_by(|a, b| a.1.total_cmp(&b.1));
-            for &(i, over) in &promoted {
-                if total + over > budget * LOW {
-                    break;
-                }
-                if !settled(&self.tracks[i]) {
-                    continue;
-                }
-                let e = &t.entries[i];
-                if e.hot.domain.compare_exchange(INPROCESS, ISOLATED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    continue;
-                }
-                e.rare.demotions.fetch_add(1, Ordering::Relaxed);
-                let tr = &mut self.tracks[i];
-                tr.since = Some(now);
-                tr.inproc = false;
-                log(&format!(
-                    "{}: demoted to isolated (rate {:.1}/s x {:.1} us per crossing = {:.3}% of server CPU; isolated \
-                     overhead with it {:.3}% <= low watermark {:.3}% (budget {:.3}%))",
-                    e.name(),
-                    tr.rate,
-                    tr.cost * 1e6,
-                    pct(over),
-                    pct(total + over),
-                    pct(budget * LOW),
-                    pct(budget)
-                ));
-                total += over;
-            }
-        }
+            })
+            .collect();
+        let total = self.planner.step(
+            Tick { now, dt, budget, capacity },
+            &obs,
+            &mut OnTable(t),
+            &|i| t.entries[i].name(),
+            &mut |line| log(&line),
+        );
         t.overhead_ppm.store((total / capacity * 1e6) as u64, Ordering::Relaxed);
         self.retire(t, seg, me);
         t.evals.fetch_add(1, Ordering::Relaxed);

@@ -137,6 +137,12 @@ pub struct Slot {
     pub data: [u8; DATA],
 }
 
+// tests/scripts/forge.c, the hostile script of tests/adaptive.rs, finds its
+// worker's slot by `pid` and forges `worker_cpu_ns` at these offsets: a
+// layout change must move them there too.
+const _: () = assert!(std::mem::offset_of!(Slot, pid) == 12);
+const _: () = assert!(std::mem::offset_of!(Slot, worker_cpu_ns) == 208);
+
 pub struct Segment {
     /// The header, page-aligned (the slots' layout and the worker's unmap
     /// of the others' slots need it; APR's base is not: it keeps its own
