@@ -93,7 +93,7 @@ fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
     } else {
         assert_eq!(now, pid, "{path}: the server process changed");
     }
-    assert_eq!(server_processes(a), servers, "the server processes changed");
+    assert_eq!(a.server_children(), servers, "the server processes changed");
     now
 }
 
@@ -162,7 +162,7 @@ fn stop_within(a: &Apache, limit: Duration) {
 fn timeout_inside_libc(mpm: Mpm) {
     let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
     let mut pid = ok_pid(&a, "/libcgi-bin/h.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     for i in 0..6 {
         let t = Instant::now();
         let r = must_answer(&a, "/libcgi-bin/h.so?mode=libcloop", Duration::from_secs(8));
@@ -181,7 +181,7 @@ fn timeout_inside_libc(mpm: Mpm) {
     // Every jump was made from the script's own code: the process is sound
     // and was not recycled (isolated: the last worker serves on).
     assert_eq!(ok_pid(&a, "/libcgi-bin/h.so"), pid);
-    assert_eq!(server_processes(&a), servers);
+    assert_eq!(a.server_children(), servers);
     let log = a.error_log();
     let want = if isolated() {
         worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced"
@@ -208,7 +208,7 @@ fn fault_inside_libc(mpm: Mpm) {
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=doublefree", Duration::from_secs(12));
     if isolated() {
         assert_eq!(r.map(|r| r.status), Some(500));
-        let servers = server_processes(&a);
+        let servers = a.server_children();
         let log = a.wait_log("the fault's line", |l| l.contains(&worker_died("h.so", "crashed")));
         assert_eq!(log.matches(&(worker_died("h.so", "crashed") + " (signal 6); worker replaced")).count(), 1, "{log}");
         survived(&a, "/libcgi-bin/h.so", &pid, &servers);
@@ -235,7 +235,7 @@ fn fault_inside_libc(mpm: Mpm) {
 fn recursion_through_a_callback(mpm: Mpm) {
     let a = server(mpm, "LibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=recurse_lprintf", Duration::from_secs(20));
     let r = r.unwrap_or_else(|| panic!("connection closed without a response\n{}", a.error_log()));
     assert!(r.status == 500 || r.truncated, "{} truncated={}", r.status, r.truncated);
@@ -300,7 +300,7 @@ fn signals_stay_the_guards(mpm: Mpm) {
     let a = server(
         mpm,
         &format!(
-            "LibCGITimeout 1\nLibCGIMaxFaults 0 1\n{IN_PROCESS}\n\
+            "LibCGITimeout 1\nLibCGIMaxFaults 0 1\n{PIN_INPROCESS}\n\
              <Location /libcgi-bin/iso/>\n  LibCGIIsolation process\n</Location>"
         ),
     );
@@ -368,7 +368,7 @@ fn raw_blocked_timer_ends_the_process(mpm: Mpm) {
     let t = Instant::now();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=rawblock", Duration::from_secs(10));
     if isolated() {
-        let servers = server_processes(&a);
+        let servers = a.server_children();
         assert_eq!(r.map(|r| r.status), Some(500));
         assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
         let want = worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced";
@@ -397,7 +397,7 @@ fn raw_blocked_timer_ends_the_process(mpm: Mpm) {
 fn blocked_in_a_syscall(mpm: Mpm) {
     let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     let t = Instant::now();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=sleep", Duration::from_secs(10));
     assert_eq!(r.map(|r| r.status), Some(500));
@@ -427,7 +427,7 @@ fn destructors_after_a_fault(mpm: Mpm) {
     for mode in ["dtorsegv", "dtorhang"] {
         let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
         let pid = ok_pid(&a, "/libcgi-bin/h.so");
-        let servers = server_processes(&a);
+        let servers = a.server_children();
         let t = Instant::now();
         let r = must_answer(&a, &format!("/libcgi-bin/h.so?mode={mode}"), Duration::from_secs(10));
         let r = r.unwrap_or_else(|| panic!("{mode}: closed without a response\n{}", a.error_log()));
@@ -491,7 +491,7 @@ fn nested_includes(mpm: Mpm) {
     assert!(body.contains("hello v0"), "{body}");
     assert!(body.contains("<p>before</p>") && body.contains("<p>after</p>"), "{body}");
     let pid = ok_pid(&a, "/libcgi-bin/inc/h.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
 
     // A fault after the include is still the outer call's, and caught.
     let r = must_answer(&a, "/libcgi-bin/inc/h.so?mode=include_segv", Duration::from_secs(10))
@@ -530,7 +530,7 @@ fn nested_includes(mpm: Mpm) {
         assert!(!a.error_log().contains("a subrequest into this script while it runs"), "{}", a.error_log());
         let r = must_answer(&a, "/libcgi-bin/inc/self.so?mode=inner", Duration::from_secs(5)).unwrap();
         assert_eq!(r.text(), "inner\n");
-        assert_eq!(server_processes(&a), servers);
+        assert_eq!(a.server_children(), servers);
         no_dead_children(&a);
         return;
     }
@@ -599,7 +599,7 @@ fn thread_churn(mpm: Mpm) {
         mpm,
         &format!(
             "LoadModule http2_module {MODULES}/mod_http2.so\nProtocols h2c http/1.1\nH2MinWorkers 1\n\
-             H2MaxWorkers 12\nH2MaxWorkerIdleSeconds 1\nLibCGITimeout 5\n{IN_PROCESS}"
+             H2MaxWorkers 12\nH2MaxWorkerIdleSeconds 1\nLibCGITimeout 5\n{PIN_INPROCESS}"
         ),
     );
     let pid = ok_pid(&a, "/libcgi-bin/h.so").parse::<u32>().unwrap();

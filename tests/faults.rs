@@ -54,7 +54,7 @@ fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
     } else {
         assert_eq!(now, pid, "{path}: the server process changed");
     }
-    assert_eq!(server_processes(a), servers, "the server processes changed");
+    assert_eq!(a.server_children(), servers, "the server processes changed");
     now
 }
 
@@ -84,7 +84,7 @@ fn timeout_line(script: &str, t: &str) -> String {
 fn every_fault_kind(mpm: Mpm) {
     let (a, marks) = single(mpm, "LibCGIMaxFaults 0 1", &[]);
     let mut pid = ok_pid(&a, "/libcgi-bin/f.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     for (i, (kind, sig)) in KINDS.iter().enumerate() {
         let r = a.get(&format!("/libcgi-bin/f.so?mode={kind}"));
         assert_eq!(r.status, 500, "{kind}: {}", r.text());
@@ -132,7 +132,7 @@ fn faults_in_init_and_terminate(mpm: Mpm) {
         fs::write(&marks, "").unwrap();
         chmod(&marks, 0o666);
         a.install("tf.so", "fault", &["-DTERM_FAULT", &format!("-DMARK_FILE=\"{}\"", marks.display())]);
-        let servers = server_processes(&a);
+        let servers = a.server_children();
         let w = ok_pid(&a, "/libcgi-bin/tf.so");
         assert_ne!(w, pid, "tf.so shares i.so's worker");
         // A fault in processfunc: the worker dies with the script, whose
@@ -218,7 +218,7 @@ fn timeouts(mpm: Mpm) {
 fn short_timeouts(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGITimeout 0.05\nLibCGIMaxFaults 0 1", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     let t = Instant::now();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=loop").status, 500);
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
@@ -269,7 +269,7 @@ fn quarantine(mpm: Mpm) {
 fn continue_keeps_the_process(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGIFaultAction continue", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
     survived(&a, "/libcgi-bin/f.so", &pid, &servers);
 }
@@ -281,7 +281,7 @@ fn continue_keeps_the_process(mpm: Mpm) {
 fn recycle_replaces_the_process(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGIFaultAction recycle", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     let r = a.get("/libcgi-bin/f.so?mode=segv");
     assert_eq!(r.status, 500, "the faulted request still gets its whole response");
     assert!(!r.truncated);
@@ -387,7 +387,7 @@ fn fault_in_callback_is_the_servers(mpm: Mpm) {
     let (a, _) = single(mpm, "", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
     if isolated() {
-        let servers = server_processes(&a);
+        let servers = a.server_children();
         let r = a.get("/libcgi-bin/f.so?mode=badwrite");
         assert_eq!(r.status, 500, "{}", r.text());
         a.wait_log("the fault's line", |l| l.contains(&fault_line("f.so", "signal 11")));

@@ -53,7 +53,7 @@ fn panics_cost_the_request(mpm: Mpm) {
     // script's callback ends its call by the guard's jump, which only the
     // in-process path has.  iso/ (below) has the isolated equivalent.
     let mut cfg = Config::new(mpm).extra(&format!(
-        "LibCGIMaxFaults 1 60\n{IN_PROCESS}\n<Location /libcgi-bin/iso/>\n  LibCGIIsolation process\n</Location>"
+        "LibCGIMaxFaults 1 60\n{PIN_INPROCESS}\n<Location /libcgi-bin/iso/>\n  LibCGIIsolation process\n</Location>"
     ));
     cfg.module = Some(injecting_module());
     let a = Apache::start(cfg);
@@ -108,7 +108,7 @@ fn panics_cost_the_request(mpm: Mpm) {
     // the fix it ended as if complete, the rest of the output dropped), one
     // line names the script, and the slot is not left waiting: the next
     // request is served at once, by a new worker, in the same server process.
-    let servers = server_processes(&a);
+    let servers = a.server_children();
     let iso_pid = |a: &Apache| {
         let r = a.get("/libcgi-bin/iso/p.so");
         assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
@@ -129,7 +129,7 @@ fn panics_cost_the_request(mpm: Mpm) {
     let now = iso_pid(&a);
     assert!(t.elapsed() < Duration::from_secs(3), "the next isolated request took {:?}", t.elapsed());
     assert_ne!(now, worker, "the worker left mid-call still serves");
-    assert_eq!(server_processes(&a), servers);
+    assert_eq!(a.server_children(), servers);
     assert_eq!(ok_pid(&a), pid);
     assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
 }

@@ -95,13 +95,13 @@ fn no_deadline_and_recycle_backstop(mpm: Mpm) {
     // backstop are for server processes that ran a faulting script (an
     // isolated fault recycles none: faults.rs recycle_replaces_the_process).
     let (a, _flag) =
-        start(mpm, &format!("LibCGITimeout 0\nLibCGIFaultAction recycle\nLibCGIMaxFaults 0\n{IN_PROCESS}"));
+        start(mpm, &format!("LibCGITimeout 0\nLibCGIFaultAction recycle\nLibCGIMaxFaults 0\n{PIN_INPROCESS}"));
     a.install("f.so", "fault", &[]);
     let r = a.get("/libcgi-bin/f.so");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
     // Not the isolation manager (there under LIBCGI_TEST_ISOLATION): it is
     // no server process and is never replaced.
-    let before = server_processes(&a);
+    let before = a.server_children();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
     if mpm != Mpm::Prefork {
         a.wait_log("the backstop's warning", |l| l.contains("cannot start the recycle backstop thread"));
@@ -110,7 +110,7 @@ fn no_deadline_and_recycle_backstop(mpm: Mpm) {
     // its refusing listener: this request, which a new process serves.
     assert_eq!(a.get("/libcgi-bin/f.so").status, 200, "{}", a.error_log());
     wait_for("the faulted process to be replaced", Duration::from_secs(20), || {
-        let now = server_processes(&a);
+        let now = a.server_children();
         (!now.is_empty() && now.iter().all(|p| !before.contains(p))).then_some(())
     });
     assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());

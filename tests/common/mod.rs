@@ -223,33 +223,17 @@ pub fn isolation_directive() -> String {
     }
 }
 
-/// Whether LIBCGI_TEST_ISOLATION runs the libcgi-bin scripts in isolated
-/// workers (`process`, or `adaptive`, where every script starts isolated):
-/// for the tests whose observations legitimately differ there (the pid that
-/// answers is a worker's, the log wording of an isolated fault).
+/// The suite runs with LIBCGI_TEST_ISOLATION=process (or adaptive): the
+/// libcgi-bin scripts run in isolated workers, whose pid is not a server
+/// process's.
 pub fn isolated() -> bool {
-    matches!(std::env::var("LIBCGI_TEST_ISOLATION").as_deref(), Ok("process" | "adaptive"))
+    std::env::var("LIBCGI_TEST_ISOLATION").is_ok_and(|s| !s.is_empty() && s != "inprocess")
 }
 
-/// Config lines that keep the libcgi-bin scripts in the server processes
-/// whatever LIBCGI_TEST_ISOLATION says (a <Location> merges after the
-/// <Directory> that carries the switch), for a test of an in-process-only
-/// mechanism.
-pub const IN_PROCESS: &str = "<Location /libcgi-bin/>\n  LibCGIIsolation inprocess\n</Location>";
-
-/// The server processes proper: the parent's children but the isolation
-/// manager.
-pub fn server_processes(a: &Apache) -> Vec<u32> {
-    a.children()
-        .into_iter()
-        .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() != "libcgi-manager")
-        .collect()
-}
-
-/// Whether a process is alive (not gone, not a zombie).
-pub fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
-}
+/// Config lines (`Config::extra`) that keep /libcgi-bin/ in process whatever
+/// LIBCGI_TEST_ISOLATION says, for a test of an in-process-only mechanism
+/// (a <Location> merges after the <Directory> the switch writes to).
+pub const PIN_INPROCESS: &str = "<Location /libcgi-bin/>\n  LibCGIIsolation inprocess\n</Location>";
 
 pub struct Apache {
     pub dir: PathBuf,
@@ -521,6 +505,15 @@ Alias /tiny/ {d}/bin/
         v
     }
 
+    /// Server processes alive: `children` without the isolation manager
+    /// (a child of the parent too, whenever a directory is isolated).
+    pub fn server_children(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| fs::read_to_string(format!("/proc/{p}/comm")).map_or(true, |c| c.trim() != "libcgi-manager"))
+            .collect()
+    }
+
     /// Graceful restart: the old generation finishes and exits.
     pub fn graceful(&self) {
         // SAFETY: signalling our own child process.
@@ -628,4 +621,9 @@ macro_rules! prefork_and_event_extra {
         mod prefork_more { $( #[test] fn $name() { super::$name($crate::common::Mpm::Prefork) } )+ }
         mod event_more { $( #[test] fn $name() { super::$name($crate::common::Mpm::Event) } )+ }
     };
+}
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
 }
