@@ -575,13 +575,21 @@ unsafe fn died(
     } else {
         format!("exit status {}", libc::WEXITSTATUS(st))
     };
+    // Where, when the worker's fault handler had time to say (a synchronous
+    // fault), as the in-process line says it; after the rest of the line,
+    // which stays as it was for whoever matches it.
+    let at = if libc::WIFSIGNALED(st) && s.fault_sig.load(Ordering::Acquire) == libc::WTERMSIG(st) {
+        format!("; the fault was at address {:#x}", s.fault_addr.load(Ordering::Relaxed))
+    } else {
+        String::new()
+    };
     let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
     let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
     transport::ring(&seg.header().doorbell);
     let msg = if st == transport::MANAGER_DIED {
         format!("{name}: {func} cut off: the isolation manager died, and its workers with it; worker replaced")
     } else {
-        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced")
+        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced{at}")
     };
     log::rerror(r, sys::APLOG_ERR, 0, &msg);
     req.discard_body();

@@ -316,6 +316,7 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     // processfunc end it (shim.c), and its lwrite & co. reach no slot.
     guard::libcgi_watch_forks();
     libc::pthread_atfork(None, None, Some(forked_child));
+    report_faults(slot);
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();
@@ -359,6 +360,48 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
 
 static TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The slot this worker's fault handler reports to, and the worker's pid: a
+/// child of the script's fork() shares the slot's mapping, and its faults
+/// are its own.
+static FAULT_SLOT: std::sync::atomic::AtomicPtr<Slot> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static WORKER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Nothing is caught in a worker, but where a synchronous fault happened is
+/// written down first, so that the server's line names the address as the
+/// in-process guard's does.  One shot (SA_RESETHAND): on return the
+/// faulting instruction runs again and meets the default action; on the
+/// alternate stack the guard gives the thread, so a stack overflow is
+/// reported too.
+unsafe fn report_faults(slot: *mut Slot) {
+    FAULT_SLOT.store(slot, Ordering::Relaxed);
+    WORKER_PID.store(libc::getpid(), Ordering::Relaxed);
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = on_fault as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+    libc::sigemptyset(&mut sa.sa_mask);
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_fault(sig: c_int, info: *mut libc::siginfo_t, _: *mut c_void) {
+    // SAFETY: async-signal-safe only: getpid, atomic stores into the slot
+    // (mapped for the worker's life), raise.  `info` is the kernel's.
+    unsafe {
+        let s = FAULT_SLOT.load(Ordering::Relaxed);
+        let sent = (*info).si_code <= 0;
+        if !sent && !s.is_null() && libc::getpid() == WORKER_PID.load(Ordering::Relaxed) {
+            (*s).fault_addr.store((*info).si_addr() as u64, Ordering::Relaxed);
+            (*s).fault_sig.store(sig, Ordering::Release);
+        }
+        if sent {
+            // kill() or raise(): no instruction raises it again on return;
+            // pending now, it is taken (by the default action) then.
+            libc::raise(sig);
+        }
+    }
+}
+
 extern "C" fn on_term(_: c_int) {
     TERM.store(true, Ordering::Relaxed);
 }
@@ -376,6 +419,7 @@ struct Bufs {
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bufs) {
+    s.fault_sig.store(0, Ordering::Relaxed);
     let sample = s.sample != 0;
     let cpu0 = if sample { transport::thread_cpu_ns() } else { 0 };
     let len = (s.len as usize).min(DATA);
