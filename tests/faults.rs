@@ -224,7 +224,9 @@ fn short_timeouts(mpm: Mpm) {
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
     let pid = survived(&a, "/libcgi-bin/f.so", &pid, &servers);
     for _ in 0..200 {
-        assert_eq!(ok_pid(&a, "/libcgi-bin/f.so"), pid);
+        // Isolated, a cut call would be a second timeout line (below).
+        let now = ok_pid(&a, "/libcgi-bin/f.so");
+        assert!(isolated() || now == pid, "{now} != {pid}");
     }
     let log = a.error_log();
     // (In process the deadline is printed to a tenth of a second.)
