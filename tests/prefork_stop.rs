@@ -4,6 +4,11 @@
 //! get its terminatefunc, and nothing there may hang until the parent's
 //! SIGKILL (which comes after 9 s; its first warning, "still did not exit",
 //! after 3 s): also not when the signal arrives in the middle of a request.
+//!
+//! That path is the server children's own, so under LIBCGI_TEST_ISOLATION
+//! these servers keep the script in process; the `*_isolated_workers` tests
+//! at the end stop the same script held by the isolation workers, whose stop
+//! is the manager's, in both modes of the suite.
 mod common;
 
 use common::*;
@@ -22,7 +27,17 @@ fn server(tag: &str, extra: &str) -> (Apache, std::path::PathBuf) {
     server_with(tag, extra, &[])
 }
 
+/// In process whatever LIBCGI_TEST_ISOLATION says (the file's header).
 fn server_with(tag: &str, extra: &str, flags: &[&str]) -> (Apache, std::path::PathBuf) {
+    let pin = if isolation_directive().is_empty() {
+        ""
+    } else {
+        "<Files \"fault.so\">\n    LibCGIIsolation inprocess\n</Files>\n"
+    };
+    server_in(tag, &format!("{extra}\n{pin}"), flags)
+}
+
+fn server_in(tag: &str, extra: &str, flags: &[&str]) -> (Apache, std::path::PathBuf) {
     let mut cfg = Config::new(Mpm::Prefork).extra(extra);
     cfg.servers = CHILDREN;
     let a = Apache::start(cfg);
@@ -167,4 +182,108 @@ fn looping_terminatefunc(timeout: &str) {
     assert!(!log.contains("still did not exit"), "the parent had to escalate:\n{log}");
     let skipped = log.lines().filter(|l| l.contains("fault.so: terminatefunc") && l.contains("skipped")).count();
     assert_eq!(skipped, CHILDREN as usize, "one line per child naming the script and the timeout:\n{log}");
+}
+
+/// The workers of `a`'s isolation manager (the parent's child named
+/// libcgi-manager), none if it has none.
+fn isolation_workers(a: &Apache) -> Vec<u32> {
+    let comm = |p: u32| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let kids = |p: u32| -> Vec<u32> {
+        fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect()
+    };
+    kids(a.pid()).into_iter().filter(|&p| comm(p).contains("libcgi-manager")).flat_map(kids).collect()
+}
+
+/// Stop (SIGTERM) and hard restart (SIGHUP) with the script loaded in
+/// isolation workers: each worker runs the terminatefunc of the script it
+/// holds, once, none is left behind, and no one waits for the parent's
+/// escalation.
+fn isolated_stop(sig: i32, what: &str) {
+    let (mut a, mark) = server_in(what, "<Files \"fault.so\">\n    LibCGIIsolation process\n</Files>\n", &[]);
+    for _ in 0..3 {
+        assert_eq!(a.get("/libcgi-bin/fault.so").status, 200, "{}", a.error_log());
+    }
+    let workers = isolation_workers(&a);
+    let mut init = marks(&mark, "init ");
+    init.sort();
+    assert!(
+        !init.is_empty() && init.iter().all(|p| workers.contains(p)),
+        "initfunc ran in {init:?}, not in the workers {workers:?}"
+    );
+    assert!(init.iter().all(|p| !a.children().contains(p)), "initfunc ran in a server child: {init:?}");
+    let old: Vec<u32> = workers.iter().copied().chain(a.children()).collect();
+    let took = signal_and_wait(&mut a, sig, &old);
+    check_terms(&a, &mark, &old, took, what, &init);
+    if sig == libc::SIGHUP {
+        wait_for("the new generation", Duration::from_secs(10), || {
+            (a.get("/libcgi-bin/fault.so").status == 200).then_some(())
+        });
+    }
+}
+
+#[test]
+fn stop_runs_terminatefunc_in_the_isolated_workers() {
+    isolated_stop(libc::SIGTERM, "stop (SIGTERM), isolated");
+}
+
+#[test]
+fn hard_restart_runs_terminatefunc_in_the_isolated_workers() {
+    isolated_stop(libc::SIGHUP, "hard restart (SIGHUP), isolated");
+}
+
+/// Stops with an isolated worker that will not end: one inside an endless
+/// processfunc (no LibCGITimeout), or one whose terminatefunc never returns.
+/// The manager gives its workers 2 s after SIGTERM, then SIGKILL: the stop
+/// is bounded all the same and leaves no process behind.
+fn isolated_stuck_stop(what: &str, extra: &str, flags: &[&str], busy: bool) {
+    let (mut a, mark) =
+        server_in(what, &format!("{extra}\n<Files \"fault.so\">\n    LibCGIIsolation process\n</Files>\n"), flags);
+    assert_eq!(a.get("/libcgi-bin/fault.so").status, 200, "{}", a.error_log());
+    let port = a.port;
+    let client = busy.then(|| {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /libcgi-bin/fault.so?mode=loop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut v = Vec::new();
+            let _ = s.read_to_end(&mut v);
+        })
+    });
+    if busy {
+        let cpu = |p: u32| -> u64 {
+            let s = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let f: Vec<&str> = s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+            f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        wait_for("a worker busy in processfunc", Duration::from_secs(10), || {
+            isolation_workers(&a).into_iter().any(|p| cpu(p) > 20).then_some(())
+        });
+    }
+    let workers = isolation_workers(&a);
+    let old: Vec<u32> = workers.iter().copied().chain(a.children()).collect();
+    let took = signal_and_wait(&mut a, libc::SIGTERM, &old);
+    if let Some(c) = client {
+        c.join().unwrap();
+    }
+    let log = a.error_log();
+    assert!(took < Duration::from_millis(2900), "{what} took {took:?}:\n{log}");
+    assert!(!log.contains("still did not exit"), "the parent had to escalate:\n{log}");
+    assert!(dead_children(&log).is_empty(), "a server child died of a signal:\n{log}");
+    let init = marks(&mark, "init ");
+    assert!(!init.is_empty() && init.iter().all(|p| workers.contains(p)), "{init:?} vs workers {workers:?}");
+}
+
+#[test]
+fn stop_during_a_request_in_an_isolated_worker_is_bounded() {
+    isolated_stuck_stop("busy, isolated", "LibCGITimeout 0", &[], true);
+}
+
+#[test]
+fn stop_with_a_looping_terminatefunc_in_an_isolated_worker_is_bounded() {
+    isolated_stuck_stop("termloop, isolated", "LibCGITimeout 0", &["-DTERM_LOOP"], false);
 }
