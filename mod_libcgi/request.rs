@@ -495,7 +495,7 @@ unsafe fn getsfunc_(buf: *mut c_char, len: c_int, arg: *mut c_void) -> c_int {
 
 /// Writes `len` bytes of CGI output.  Returns `len`, or -1 when the output
 /// cannot be used (client gone, bad headers, no request on this thread).
-unsafe fn lwrite_impl(buf: *const c_void, len: usize) -> c_int {
+pub(crate) unsafe fn lwrite_impl(buf: *const c_void, len: usize) -> c_int {
     let Some(req) = current() else { return -1 };
     if len == 0 {
         return 0;
@@ -512,7 +512,7 @@ unsafe fn lwrite_impl(buf: *const c_void, len: usize) -> c_int {
 }
 
 /// Pushes buffered body output to the client now.
-unsafe fn lflush_impl() -> c_int {
+pub(crate) unsafe fn lflush_impl() -> c_int {
     match current() {
         Some(req) => req.flush(),
         None => -1,
@@ -521,7 +521,7 @@ unsafe fn lflush_impl() -> c_int {
 
 /// The client's host name (double-reverse DNS, looked up on first call), or
 /// its IP address when the lookup fails.
-unsafe fn get_remote_host_impl() -> *const c_char {
+pub(crate) unsafe fn get_remote_host_impl() -> *const c_char {
     let Some(req) = current() else { return ptr::null() };
     let r = req.r;
     let host = sys::ap_get_useragent_host(r, sys::REMOTE_DOUBLE_REV as c_int, ptr::null_mut());

@@ -80,6 +80,29 @@ fn replaced(a: &Apache, pid: &str) -> String {
     new
 }
 
+/// After a call that ended the process running it: in process the server
+/// process survived it and answers h.so (at `path`) again; isolated
+/// (LIBCGI_TEST_ISOLATION) its worker was replaced (the old one is gone, a
+/// new one answers) and the server processes are those of before.  Returns
+/// the pid that answers now.
+fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
+    let now = ok_pid(a, path);
+    if isolated() {
+        assert_ne!(now, pid, "{path}: the worker that ran the call still answers");
+        assert!(!alive(pid.parse().unwrap()), "{path}: the old worker {pid} is still alive");
+    } else {
+        assert_eq!(now, pid, "{path}: the server process changed");
+    }
+    assert_eq!(a.server_children(), servers, "the server processes changed");
+    now
+}
+
+/// The line an isolated call that a worker's death ended logs (the worker
+/// does not log; the server thread names the script and the reason).
+fn worker_died(script: &str, what: &str) -> String {
+    format!("{script}: processfunc {what} in its isolated worker")
+}
+
 fn no_dead_children(a: &Apache) {
     let log = a.error_log();
     assert!(dead_children(&log).is_empty(), "a server process died of a signal:\n{log}");
@@ -132,9 +155,14 @@ fn stop_within(a: &Apache, limit: Duration) {
 /// must not leave a libc lock held: the jump waits until the thread is in the
 /// script's own code.  Before the fix, after a few timeouts every thread was
 /// stuck on tzset_lock or an arena lock and SIGTERM needed SIGKILL.
+///
+/// Isolated the deadline kills the worker wherever it is (SIGKILL from the
+/// manager: no lock of a server process is involved); each timeout costs
+/// that worker, never the server process.
 fn timeout_inside_libc(mpm: Mpm) {
     let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
-    let pid = ok_pid(&a, "/libcgi-bin/h.so");
+    let mut pid = ok_pid(&a, "/libcgi-bin/h.so");
+    let servers = a.server_children();
     for i in 0..6 {
         let t = Instant::now();
         let r = must_answer(&a, "/libcgi-bin/h.so?mode=libcloop", Duration::from_secs(8));
@@ -146,12 +174,27 @@ fn timeout_inside_libc(mpm: Mpm) {
         assert_eq!(r.text(), "hello v0");
         eprintln!("t.so after timeout #{i}: {:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_secs(3), "t.so took {:?}", t.elapsed());
+        if isolated() {
+            pid = survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        }
     }
     // Every jump was made from the script's own code: the process is sound
-    // and was not recycled.
-    assert_eq!(ok_pid(&a, "/libcgi-bin/h.so"), pid);
+    // and was not recycled.  (Isolated, a live worker answers; which one is
+    // the slot claim's choice.)
+    let now = ok_pid(&a, "/libcgi-bin/h.so");
+    if isolated() {
+        assert!(alive(now.parse().unwrap()) && !servers.contains(&now.parse().unwrap()), "{now}");
+    } else {
+        assert_eq!(now, pid);
+    }
+    assert_eq!(a.server_children(), servers);
     let log = a.error_log();
-    assert_eq!(log.matches("h.so: processfunc still running after 1.0 s (LibCGITimeout); script").count(), 6, "{log}");
+    let want = if isolated() {
+        worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced"
+    } else {
+        "h.so: processfunc still running after 1.0 s (LibCGITimeout); script".to_string()
+    };
+    assert_eq!(log.matches(&want).count(), 6, "{log}");
     assert!(!log.contains("outside the script's own code"), "{log}");
     no_dead_children(&a);
     stop_within(&a, Duration::from_secs(6));
@@ -160,10 +203,24 @@ fn timeout_inside_libc(mpm: Mpm) {
 /// Item 1: a fault raised inside libc (glibc's heap check aborting inside
 /// free(), the arena lock held): never a hung process.  The request gets an
 /// answer or a closed connection, the process is replaced, the log says why.
+///
+/// Isolated, glibc's abort kills the worker (SIGABRT): a 500, one line, the
+/// worker replaced, the server processes untouched.  glibc's own message
+/// goes to the worker's stderr, /dev/null (README "Isolation": the worker
+/// does not log).
 fn fault_inside_libc(mpm: Mpm) {
     let a = server(mpm, "LibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=doublefree", Duration::from_secs(12));
+    if isolated() {
+        assert_eq!(r.map(|r| r.status), Some(500));
+        let servers = a.server_children();
+        let log = a.wait_log("the fault's line", |l| l.contains(&worker_died("h.so", "crashed")));
+        assert_eq!(log.matches(&(worker_died("h.so", "crashed") + " (signal 6); worker replaced")).count(), 1, "{log}");
+        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        no_dead_children(&a);
+        return;
+    }
     if let Some(r) = r {
         assert_eq!(r.status, 500, "{}", r.text());
     }
@@ -184,12 +241,19 @@ fn fault_inside_libc(mpm: Mpm) {
 fn recursion_through_a_callback(mpm: Mpm) {
     let a = server(mpm, "LibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
+    let servers = a.server_children();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=recurse_lprintf", Duration::from_secs(20));
     let r = r.unwrap_or_else(|| panic!("connection closed without a response\n{}", a.error_log()));
     assert!(r.status == 500 || r.truncated, "{} truncated={}", r.status, r.truncated);
-    a.wait_log("the fault's line", |l| l.contains("h.so: processfunc signal 11 (Segmentation fault)"));
-    assert!(a.error_log().contains("(stack exhausted)"), "{}", a.error_log());
-    assert_eq!(ok_pid(&a, "/libcgi-bin/h.so"), pid);
+    if isolated() {
+        // The worker's own stack ran out: the kernel's SIGSEGV ended it.
+        let want = worker_died("h.so", "crashed") + " (signal 11); worker replaced";
+        a.wait_log("the fault's line", |l| l.contains(&want));
+    } else {
+        a.wait_log("the fault's line", |l| l.contains("h.so: processfunc signal 11 (Segmentation fault)"));
+        assert!(a.error_log().contains("(stack exhausted)"), "{}", a.error_log());
+    }
+    survived(&a, "/libcgi-bin/h.so", &pid, &servers);
     no_dead_children(&a);
 }
 
@@ -232,8 +296,24 @@ fn fork_in_a_script(mpm: Mpm) {
 
 /// Item 13: the signal mask and the handlers of the guard's signals are not
 /// the script's to change.
+///
+/// Isolated, a worker is the script's own process: the mask and the
+/// handlers it changes are its worker's, and its deadline is a SIGKILL from
+/// the manager, which no mask blocks (checked below in iso/).
 fn signals_stay_the_guards(mpm: Mpm) {
-    let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
+    // In process whatever LIBCGI_TEST_ISOLATION says: the guard's signals and
+    // a server thread's mask are the in-process path's.
+    let a = server(
+        mpm,
+        &format!(
+            "LibCGITimeout 1\nLibCGIMaxFaults 0 1\n{PIN_INPROCESS}\n\
+             <Location /libcgi-bin/iso/>\n  LibCGIIsolation process\n</Location>"
+        ),
+    );
+    let iso = a.bin.join("iso");
+    fs::create_dir_all(&iso).unwrap();
+    chmod(&iso, 0o755);
+    build_script(&iso, "h.so", "hostile", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
     // Blocking every signal through libc does not block the timer's.
     let t = Instant::now();
@@ -262,6 +342,21 @@ fn signals_stay_the_guards(mpm: Mpm) {
     assert_eq!(r.status, 500, "{}", r.text());
     a.wait_log("the fault line", |l| l.contains("h.so: processfunc signal 11"));
     assert_eq!(ok_pid(&a, "/libcgi-bin/h.so"), pid);
+
+    // Isolated: every signal blocked, and the deadline still ends the call
+    // (the worker, not the server process).
+    let worker = ok_pid(&a, "/libcgi-bin/iso/h.so");
+    assert_ne!(worker, pid, "iso/h.so ran in the server process");
+    let t = Instant::now();
+    let r = must_answer(&a, "/libcgi-bin/iso/h.so?mode=blockmask", Duration::from_secs(8));
+    assert_eq!(r.map(|r| r.status), Some(500));
+    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    a.wait_log("the isolated timeout", |l| l.contains(&worker_died("iso/h.so", "timed out after 1 s")));
+    assert!(!alive(worker.parse().unwrap()), "the worker that blocked every signal is still alive");
+    // Its own handlers are its worker's: its SIGSEGV handler runs there.
+    let r = must_answer(&a, "/libcgi-bin/iso/h.so?mode=ownsegv", Duration::from_secs(5)).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "own handler ran (sigaction 0)\n"));
+    assert_eq!(ok_pid(&a, "/libcgi-bin/h.so"), pid);
     no_dead_children(&a);
 }
 
@@ -269,11 +364,25 @@ fn signals_stay_the_guards(mpm: Mpm) {
 /// every wrapper; the watchdog notices that its signals are never acted on
 /// and ends the process (one line, written without malloc), which the MPM
 /// replaces.  Before the fix the request and its thread hung for ever.
+///
+/// Isolated, the deadline is a SIGKILL of the worker, which no mask blocks:
+/// the request gets its 500, the worker is replaced, the server process
+/// stays.
 fn raw_blocked_timer_ends_the_process(mpm: Mpm) {
     let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
     let t = Instant::now();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=rawblock", Duration::from_secs(10));
+    if isolated() {
+        let servers = a.server_children();
+        assert_eq!(r.map(|r| r.status), Some(500));
+        assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+        let want = worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced";
+        a.wait_log("the timeout line", |l| l.contains(&want));
+        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        no_dead_children(&a);
+        return;
+    }
     assert!(r.is_none(), "the process was to end: {:?}", r.map(|r| r.status));
     assert!(t.elapsed() < Duration::from_secs(7), "took {:?}", t.elapsed());
     let log = a.wait_log("the last-resort line", |l| l.contains("not interruptible"));
@@ -288,13 +397,25 @@ fn raw_blocked_timer_ends_the_process(mpm: Mpm) {
 /// A script blocked in a system call cannot be interrupted safely: after the
 /// grace it is anyway, its request gets its 500, and the process (now
 /// unsound) is recycled.
+///
+/// Isolated, the worker is killed in its system call: nothing of a server
+/// process was interrupted, so none is recycled.
 fn blocked_in_a_syscall(mpm: Mpm) {
     let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
     let pid = ok_pid(&a, "/libcgi-bin/h.so");
+    let servers = a.server_children();
     let t = Instant::now();
     let r = must_answer(&a, "/libcgi-bin/h.so?mode=sleep", Duration::from_secs(10));
     assert_eq!(r.map(|r| r.status), Some(500));
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    if isolated() {
+        let want = worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced";
+        a.wait_log("the timeout line", |l| l.contains(&want));
+        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        assert!(!a.error_log().contains("recycling"), "{}", a.error_log());
+        no_dead_children(&a);
+        return;
+    }
     a.wait_log("the timeout line", |l| l.contains("still running after 1.0 s (LibCGITimeout) outside the script's"));
     replaced(&a, &pid);
     assert!(a.error_log().contains("recycling this server process"), "{}", a.error_log());
@@ -304,15 +425,28 @@ fn blocked_in_a_syscall(mpm: Mpm) {
 /// Item 8: the script's destructors run in dlclose after a fault-unload,
 /// guarded: a fault or a hang there costs the process (recycled), never a
 /// dead or hung one, and the request still gets its 500.
+///
+/// Isolated, the fault ends the worker, whose destructors never run (no
+/// dlclose in a process that is gone): the 500, the fault's line, a new
+/// worker, the server processes untouched.
 fn destructors_after_a_fault(mpm: Mpm) {
     for mode in ["dtorsegv", "dtorhang"] {
         let a = server(mpm, "LibCGITimeout 1\nLibCGIMaxFaults 0 1");
         let pid = ok_pid(&a, "/libcgi-bin/h.so");
+        let servers = a.server_children();
         let t = Instant::now();
         let r = must_answer(&a, &format!("/libcgi-bin/h.so?mode={mode}"), Duration::from_secs(10));
         let r = r.unwrap_or_else(|| panic!("{mode}: closed without a response\n{}", a.error_log()));
         assert_eq!(r.status, 500, "{mode}");
         assert!(t.elapsed() < Duration::from_secs(5), "{mode}: took {:?}", t.elapsed());
+        if isolated() {
+            let want = worker_died("h.so", "crashed") + " (signal 11); worker replaced";
+            a.wait_log(&want, |l| l.contains(&want));
+            survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+            assert!(!a.error_log().contains("destructors (dlclose)"), "{mode}: {}", a.error_log());
+            no_dead_children(&a);
+            continue;
+        }
         let want =
             if mode == "dtorsegv" { "destructors (dlclose) signal 11" } else { "destructors (dlclose) still running" };
         a.wait_log(want, |l| l.contains(&format!("h.so: {want}")));
@@ -340,6 +474,11 @@ fn exit_from_script_threads(mpm: Mpm) {
 /// run from inside the outer script's lflush, leaves the outer call's guard
 /// and deadline as they were; a non-thread-safe script including itself is
 /// refused (508), not deadlocked.
+///
+/// Isolated, the subrequest runs in another worker while the outer one waits
+/// in its lflush; a fault or a timeout after it still ends the outer call
+/// (its worker), and a script including itself is served by a second
+/// worker: one call at a time holds per worker, and no lock is waited for.
 fn nested_includes(mpm: Mpm) {
     let a = server(
         mpm,
@@ -358,13 +497,19 @@ fn nested_includes(mpm: Mpm) {
     assert!(body.contains("hello v0"), "{body}");
     assert!(body.contains("<p>before</p>") && body.contains("<p>after</p>"), "{body}");
     let pid = ok_pid(&a, "/libcgi-bin/inc/h.so");
+    let servers = a.server_children();
 
     // A fault after the include is still the outer call's, and caught.
     let r = must_answer(&a, "/libcgi-bin/inc/h.so?mode=include_segv", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("closed\n{}", a.error_log()));
     assert!(r.truncated || r.status == 500, "{} {}", r.status, r.text());
-    a.wait_log("the outer fault", |l| l.contains("inc/h.so: processfunc signal 11"));
-    assert_eq!(ok_pid(&a, "/libcgi-bin/inc/h.so"), pid);
+    let want = if isolated() {
+        worker_died("inc/h.so", "crashed") + " (signal 11)"
+    } else {
+        "inc/h.so: processfunc signal 11".to_string()
+    };
+    a.wait_log("the outer fault", |l| l.contains(&want));
+    let pid = survived(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
 
     // So is a timeout: the outer deadline survived the inner call.
     let t = Instant::now();
@@ -372,13 +517,29 @@ fn nested_includes(mpm: Mpm) {
         .unwrap_or_else(|| panic!("closed\n{}", a.error_log()));
     assert!(r.truncated || r.status == 500, "{}", r.status);
     assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
-    a.wait_log("the outer timeout", |l| l.contains("inc/h.so: processfunc still running after 1.0 s"));
-    assert_eq!(ok_pid(&a, "/libcgi-bin/inc/h.so"), pid);
+    let want = if isolated() {
+        worker_died("inc/h.so", "timed out after 1 s")
+    } else {
+        "inc/h.so: processfunc still running after 1.0 s".to_string()
+    };
+    a.wait_log("the outer timeout", |l| l.contains(&want));
+    survived(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
 
     // A non-thread-safe script including itself: refused, no deadlock.
     let r = must_answer(&a, "/libcgi-bin/inc/self.so?mode=include_self", Duration::from_secs(8))
         .unwrap_or_else(|| panic!("closed\n{}", a.error_log()));
     assert_eq!(r.status, 200);
+    if isolated() {
+        // The inner call ran in a second worker of the same script.
+        let body = r.text();
+        assert!(body.contains("inner\n") && body.contains("<p>after</p>"), "{body}");
+        assert!(!a.error_log().contains("a subrequest into this script while it runs"), "{}", a.error_log());
+        let r = must_answer(&a, "/libcgi-bin/inc/self.so?mode=inner", Duration::from_secs(5)).unwrap();
+        assert_eq!(r.text(), "inner\n");
+        assert_eq!(a.server_children(), servers);
+        no_dead_children(&a);
+        return;
+    }
     assert!(r.text().contains("<p>after</p>") && !r.text().contains("inner"), "{}", r.text());
     let log = a.wait_log("the refusal", |l| l.contains("inc/self.so: a subrequest into this script while it runs"));
     assert_eq!(log.matches("a subrequest into this script while it runs").count(), 1, "{log}");
@@ -438,11 +599,13 @@ fn altstacks(pid: u32) -> usize {
 /// Rounds of 16 parallel HTTP/2 streams make mod_http2 start workers, which
 /// exit after a second idle; the server process's mappings stay flat.
 fn thread_churn(mpm: Mpm) {
+    // In process whatever LIBCGI_TEST_ISOLATION says: the guard and the
+    // alternate stacks are those of server threads that run scripts.
     let a = server(
         mpm,
         &format!(
             "LoadModule http2_module {MODULES}/mod_http2.so\nProtocols h2c http/1.1\nH2MinWorkers 1\n\
-             H2MaxWorkers 12\nH2MaxWorkerIdleSeconds 1\nLibCGITimeout 5"
+             H2MaxWorkers 12\nH2MaxWorkerIdleSeconds 1\nLibCGITimeout 5\n{PIN_INPROCESS}"
         ),
     );
     let pid = ok_pid(&a, "/libcgi-bin/h.so").parse::<u32>().unwrap();

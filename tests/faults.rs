@@ -42,34 +42,119 @@ fn ok_pid(a: &Apache, path: &str) -> String {
     r.text().strip_prefix("ok pid=").expect("ok body").to_string()
 }
 
+/// After a call that faulted: in process the same server process answers
+/// `path` again; isolated (LIBCGI_TEST_ISOLATION) the worker that ran it is
+/// gone and a new one answers, and the server processes are those of
+/// before.  Returns the pid that answers now.
+fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
+    let now = ok_pid(a, path);
+    if isolated() {
+        assert_ne!(now, pid, "{path}: the worker that faulted still answers");
+        assert!(!alive(pid.parse().unwrap()), "{path}: the old worker {pid} is still alive");
+    } else {
+        assert_eq!(now, pid, "{path}: the server process changed");
+    }
+    assert_eq!(a.server_children(), servers, "the server processes changed");
+    now
+}
+
+/// What the log says of a processfunc that faulted with `sig` ("signal 11"):
+/// in process the guard's line, isolated the server thread's line about the
+/// worker that died (the worker itself does not log).
+fn fault_line(script: &str, sig: &str) -> String {
+    if isolated() {
+        format!("{script}: processfunc crashed in its isolated worker ({sig}); worker replaced")
+    } else {
+        format!("{script}: processfunc {sig} (")
+    }
+}
+
+/// The start of the line of a processfunc that ran past LibCGITimeout `t`.
+fn timeout_line(script: &str, t: &str) -> String {
+    if isolated() {
+        format!("{script}: processfunc timed out after {t} s in its isolated worker (signal 9); worker replaced")
+    } else {
+        format!("{script}: processfunc still running after {t} s (LibCGITimeout)")
+    }
+}
+
+/// Isolated, each fault kills the worker: initfunc runs again in a new
+/// worker, the crashed one's terminatefunc never runs (its process is
+/// gone), the server processes are untouched.
 fn every_fault_kind(mpm: Mpm) {
     let (a, marks) = single(mpm, "LibCGIMaxFaults 0 1", &[]);
-    let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let mut pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let servers = a.server_children();
     for (i, (kind, sig)) in KINDS.iter().enumerate() {
         let r = a.get(&format!("/libcgi-bin/f.so?mode={kind}"));
         assert_eq!(r.status, 500, "{kind}: {}", r.text());
-        a.wait_log(kind, |l| l.matches(&format!("f.so: processfunc {sig} (")).count() >= 1);
-        // Reloaded: initfunc ran again, in the same server process.
-        assert_eq!(ok_pid(&a, "/libcgi-bin/f.so"), pid, "{kind}: server process changed");
+        let want = fault_line("f.so", sig);
+        a.wait_log(kind, |l| l.matches(&want).count() >= 1);
+        // Reloaded: initfunc ran again (in process in the same server
+        // process, isolated in a new worker).
+        pid = survived(&a, "/libcgi-bin/f.so", &pid, &servers);
         assert_eq!(count(&marks, "init"), i + 2, "{kind}: initfunc did not run again");
-        assert_eq!(count(&marks, "term"), i + 1, "{kind}: terminatefunc did not run at unload");
+        let terms = if isolated() { 0 } else { i + 1 };
+        assert_eq!(count(&marks, "term"), terms, "{kind}: terminatefunc at unload");
         // Other scripts are unaffected.
         assert_eq!(a.get("/libcgi-bin/t.so").text(), "hello v0");
     }
     let log = a.error_log();
+    if isolated() {
+        let n = log.matches("f.so: processfunc crashed in its isolated worker").count();
+        assert_eq!(n, KINDS.len(), "one line per fault: {log}");
+    }
+    // Isolated too: the worker's handler wrote it down before it died.
     assert!(log.contains("at address 0x0"), "the faulting address is logged: {log}");
     assert!(dead_children(&log).is_empty(), "{log}");
 }
 
+/// Isolated, a fault in initfunc kills the worker that loads the script
+/// (the next request loads it in a new one), and a terminatefunc runs only
+/// in a worker that lives to unload its script: at a graceful restart, where
+/// its fault costs that worker, never a server process.
 fn faults_in_init_and_terminate(mpm: Mpm) {
     let a = Apache::start(Config::new(mpm).extra("LibCGIMaxFaults 0 1"));
     let flag = a.dir.join("init-faults");
     fs::write(&flag, "").unwrap();
     a.install("i.so", "fault", &[&format!("-DINIT_FAULT_FILE=\"{}\"", flag.display())]);
     assert_eq!(a.get("/libcgi-bin/i.so").status, 500);
-    a.wait_log("initfunc fault", |l| l.contains("i.so: cannot load script: initfunc signal 11"));
+    let want = if isolated() {
+        "i.so: initfunc crashed in its isolated worker (signal 11); worker replaced"
+    } else {
+        "i.so: cannot load script: initfunc signal 11"
+    };
+    a.wait_log("initfunc fault", |l| l.contains(want));
     fs::remove_file(&flag).unwrap();
     let pid = ok_pid(&a, "/libcgi-bin/i.so");
+    if isolated() {
+        let marks = a.dir.join("marks");
+        fs::write(&marks, "").unwrap();
+        chmod(&marks, 0o666);
+        a.install("tf.so", "fault", &["-DTERM_FAULT", &format!("-DMARK_FILE=\"{}\"", marks.display())]);
+        let servers = a.server_children();
+        let w = ok_pid(&a, "/libcgi-bin/tf.so");
+        assert_ne!(w, pid, "tf.so shares i.so's worker");
+        // A fault in processfunc: the worker dies with the script, whose
+        // terminatefunc cannot run.
+        assert_eq!(a.get("/libcgi-bin/tf.so?mode=segv").status, 500);
+        a.wait_log("the fault", |l| l.contains(&fault_line("tf.so", "signal 11")));
+        let w = survived(&a, "/libcgi-bin/tf.so", &w, &servers);
+        assert_eq!(count(&marks, "term"), 0);
+        // At a graceful restart the idle worker runs it, and its fault
+        // kills only that worker: the new generation serves the script.
+        a.graceful();
+        wait_for("tf.so's terminatefunc at the graceful restart", Duration::from_secs(15), || {
+            (count(&marks, "term") == 1 && !alive(w.parse().unwrap())).then_some(())
+        });
+        let new = wait_for("the new generation serving tf.so", Duration::from_secs(15), || {
+            let r = a.get("/libcgi-bin/tf.so");
+            (r.status == 200).then(|| r.text())
+        });
+        assert_ne!(new, format!("ok pid={w}"));
+        assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+        return;
+    }
 
     a.install("tf.so", "fault", &["-DTERM_FAULT"]);
     assert_eq!(ok_pid(&a, "/libcgi-bin/tf.so"), pid);
@@ -111,7 +196,8 @@ fn timeouts(mpm: Mpm) {
     assert_eq!(r.status, 500);
     assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     assert!(answered > 0);
-    a.wait_log("timeout line", |l| l.contains("f.so: processfunc still running after 1.0 s (LibCGITimeout)"));
+    let want = timeout_line("f.so", if isolated() { "1" } else { "1.0" });
+    a.wait_log("timeout line", |l| l.contains(&want));
 
     // Looping inside lwrite: the interruption waits until lwrite returns,
     // and leaves nothing locked.
@@ -126,17 +212,26 @@ fn timeouts(mpm: Mpm) {
 /// Deadlines shorter than the watchdog's tick: the looping call is still cut,
 /// and the quick calls after it on the same server never are (a mark the
 /// watchdog left must not reach the next call).
+///
+/// Isolated, the looping call's worker is killed and a new one serves the
+/// quick calls, none of which is cut.
 fn short_timeouts(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGITimeout 0.05\nLibCGIMaxFaults 0 1", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let servers = a.server_children();
     let t = Instant::now();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=loop").status, 500);
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    let pid = survived(&a, "/libcgi-bin/f.so", &pid, &servers);
     for _ in 0..200 {
-        assert_eq!(ok_pid(&a, "/libcgi-bin/f.so"), pid);
+        // Isolated, a cut call would be a second timeout line (below).
+        let now = ok_pid(&a, "/libcgi-bin/f.so");
+        assert!(isolated() || now == pid, "{now} != {pid}");
     }
     let log = a.error_log();
-    assert_eq!(log.lines().filter(|l| l.contains("processfunc still running after")).count(), 1, "{log}");
+    // (In process the deadline is printed to a tenth of a second.)
+    let want = timeout_line("f.so", if isolated() { "0.05" } else { "0.1" });
+    assert_eq!(log.lines().filter(|l| l.contains(&want)).count(), 1, "{log}");
     assert!(dead_children(&log).is_empty());
 }
 
@@ -172,19 +267,35 @@ fn quarantine(mpm: Mpm) {
     });
 }
 
+/// Isolated: the server process is kept, the worker replaced.
 fn continue_keeps_the_process(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGIFaultAction continue", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let servers = a.server_children();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
-    assert_eq!(ok_pid(&a, "/libcgi-bin/f.so"), pid);
+    survived(&a, "/libcgi-bin/f.so", &pid, &servers);
 }
 
+/// Isolated, the process that faulted is the worker, and it is replaced;
+/// nothing of a server process was touched, so none is recycled (README
+/// "Adaptive isolation": faults while isolated change nothing but the
+/// worker).
 fn recycle_replaces_the_process(mpm: Mpm) {
     let (a, _) = single(mpm, "LibCGIFaultAction recycle", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    let servers = a.server_children();
     let r = a.get("/libcgi-bin/f.so?mode=segv");
     assert_eq!(r.status, 500, "the faulted request still gets its whole response");
     assert!(!r.truncated);
+    if isolated() {
+        // The recycle would have been scheduled before the response went.
+        survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+        let log = a.error_log();
+        assert!(!log.contains("recycling this server process"), "{log}");
+        assert_eq!(log.matches(&fault_line("f.so", "signal 11")).count(), 1, "{log}");
+        assert!(dead_children(&log).is_empty(), "{log}");
+        return;
+    }
     if mpm != Mpm::Prefork {
         // Threaded MPMs: the process exits once none of its threads serves a
         // request; a connection accepted in that last instant would be cut
@@ -271,9 +382,23 @@ prefork_and_event!(
 /// A fault inside one of our callbacks is a fault of the server, not of the
 /// script: it goes to Apache's own handler (core dump, "exit signal" in the
 /// log, a new process), exactly as before the module was loaded.
+///
+/// Isolated, the callback runs in the worker: the bad pointer costs the
+/// worker (a 500, one line), and no server process dies.
 fn fault_in_callback_is_the_servers(mpm: Mpm) {
     let (a, _) = single(mpm, "", &[]);
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
+    if isolated() {
+        let servers = a.server_children();
+        let r = a.get("/libcgi-bin/f.so?mode=badwrite");
+        assert_eq!(r.status, 500, "{}", r.text());
+        let log = a.wait_log("the fault's line", |l| l.contains(&fault_line("f.so", "signal 11")));
+        // Where the worker's lwrite read the script's pointer (16 and on).
+        assert!(log.contains("worker replaced; the fault was at address 0x"), "{log}");
+        survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+        assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+        return;
+    }
     let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
     use std::io::{Read, Write};
     s.write_all(b"GET /libcgi-bin/f.so?mode=badwrite HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
@@ -362,7 +487,12 @@ fn soak_event() {
     assert!(bad.is_empty(), "{} good requests went wrong: {:?}", bad.len(), &bad[..bad.len().min(5)]);
     let log = a.error_log();
     assert!(dead_children(&log).is_empty(), "{:?}", dead_children(&log));
-    let faults = log.matches("processfunc signal").count() + log.matches("still running after").count();
+    let faults = if isolated() {
+        log.matches("processfunc crashed in its isolated worker").count()
+            + log.matches("processfunc timed out after").count()
+    } else {
+        log.matches("processfunc signal").count() + log.matches("still running after").count()
+    };
     assert!(faults >= 300, "only {faults} faults were exercised");
     // Bound: 16 MiB of growth over 4,000 requests for all server processes.
     let growth = after as i64 - before as i64;

@@ -49,10 +49,19 @@ fn raw(a: &Apache, path: &str) -> String {
 }
 
 fn panics_cost_the_request(mpm: Mpm) {
-    let mut cfg = Config::new(mpm).extra("LibCGIMaxFaults 1 60");
+    // In process whatever LIBCGI_TEST_ISOLATION says: a panic inside a
+    // script's callback ends its call by the guard's jump, which only the
+    // in-process path has.  iso/ (below) has the isolated equivalent.
+    let mut cfg = Config::new(mpm).extra(&format!(
+        "LibCGIMaxFaults 1 60\n{PIN_INPROCESS}\n<Location /libcgi-bin/iso/>\n  LibCGIIsolation process\n</Location>"
+    ));
     cfg.module = Some(injecting_module());
     let a = Apache::start(cfg);
     a.install("p.so", "panic", &[]);
+    let iso = a.bin.join("iso");
+    std::fs::create_dir_all(&iso).unwrap();
+    chmod(&iso, 0o755);
+    build_script(&iso, "p.so", "panic", &[]);
     let pid = ok_pid(&a);
 
     // In the getenv callback, before any output: 500, the call ended there.
@@ -93,6 +102,36 @@ fn panics_cost_the_request(mpm: Mpm) {
     assert!(dead_children(&log).is_empty(), "{log}");
     assert!(!log.contains("panicked at"), "Rust's default hook wrote to the error log:\n{log}");
     assert_eq!(log.lines().filter(|l| l.contains("fault injection")).count(), 3, "{log}");
+
+    // Isolated: the worker's output reaches the module's lwrite on the
+    // server thread, which panics there.  The response is cut short (before
+    // the fix it ended as if complete, the rest of the output dropped), one
+    // line names the script, and the slot is not left waiting: the next
+    // request is served at once, by a new worker, in the same server process.
+    let servers = a.server_children();
+    let iso_pid = |a: &Apache| {
+        let r = a.get("/libcgi-bin/iso/p.so");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+        r.text().strip_prefix("ok pid=").expect("ok body").to_string()
+    };
+    let worker = iso_pid(&a);
+    assert_ne!(worker, pid, "iso/p.so ran in the server process");
+    let resp = raw(&a, "/libcgi-bin/iso/p.so?lwrite");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("part\n"), "{resp}");
+    assert!(!resp.contains("after the panic"), "{resp}");
+    assert!(!resp.ends_with("0\r\n\r\n"), "a cut response must not look complete: {resp:?}");
+    let log = a.wait_log("the isolated lwrite panic's line", |l| l.contains("iso/p.so: a panic in mod_libcgi"));
+    let lines: Vec<_> = log.lines().filter(|l| l.contains("iso/p.so") && l.contains("panic")).collect();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    assert!(lines[0].contains("fault injection: lwrite(\"LIBCGI_PANIC\") at mod_libcgi/request.rs:"), "{}", lines[0]);
+    let t = std::time::Instant::now();
+    let now = iso_pid(&a);
+    assert!(t.elapsed() < Duration::from_secs(3), "the next isolated request took {:?}", t.elapsed());
+    assert_ne!(now, worker, "the worker left mid-call still serves");
+    assert_eq!(a.server_children(), servers);
+    assert_eq!(ok_pid(&a), pid);
+    assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
 }
 
 per_mpm!(panics_cost_the_request);

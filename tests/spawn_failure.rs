@@ -39,6 +39,10 @@ fn start(mpm: Mpm, extra: &str) -> (Apache, PathBuf) {
 /// The watchdog cannot start in child_init: a script with a deadline is not
 /// run (503 and one line per request, the same process goes on), and the
 /// first request after threads can be started again is served.
+///
+/// Isolated, no watchdog is needed: the server thread waits for its worker
+/// with the deadline and has the manager kill it.  The scripts are served,
+/// and a looping one is still cut at its LibCGITimeout.
 fn watchdog_that_cannot_start(mpm: Mpm) {
     let (a, flag) = start(mpm, "LibCGITimeout 5");
     a.install("t.so", "t", &[]);
@@ -46,6 +50,23 @@ fn watchdog_that_cannot_start(mpm: Mpm) {
     a.wait_log("child_init's line", |l| {
         l.contains("cannot start the watchdog thread: Resource temporarily unavailable")
     });
+    if isolated() {
+        a.install("f.so", "fault", &[]);
+        for i in 1..=3 {
+            let r = a.get("/libcgi-bin/t.so");
+            assert_eq!((r.status, r.text().as_str()), (200, "hello v0"), "request {i}\n{}", a.error_log());
+        }
+        let t = std::time::Instant::now();
+        assert_eq!(a.get("/libcgi-bin/f.so?mode=loop").status, 500);
+        assert!(t.elapsed() < Duration::from_secs(8), "the looping call took {:?}", t.elapsed());
+        a.wait_log("the timeout's line", |l| {
+            l.contains("f.so: processfunc timed out after 5 s in its isolated worker (signal 9); worker replaced")
+        });
+        assert!(!a.error_log().contains("not run: the watchdog thread"), "{}", a.error_log());
+        assert_eq!(a.children(), children, "no server process was replaced");
+        assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
+        return;
+    }
     for i in 1..=3 {
         let r = a.get("/libcgi-bin/t.so");
         assert_eq!(r.status, 503, "request {i}: {}\n{}", r.text(), a.error_log());
@@ -70,11 +91,17 @@ fn watchdog_that_cannot_start(mpm: Mpm) {
 /// `LibCGIFaultAction recycle` in a threaded MPM starts the recycle backstop,
 /// which cannot start either: one warning, and the process is still replaced.
 fn no_deadline_and_recycle_backstop(mpm: Mpm) {
-    let (a, _flag) = start(mpm, "LibCGITimeout 0\nLibCGIFaultAction recycle\nLibCGIMaxFaults 0");
+    // In process whatever LIBCGI_TEST_ISOLATION says: the recycle and its
+    // backstop are for server processes that ran a faulting script (an
+    // isolated fault recycles none: faults.rs recycle_replaces_the_process).
+    let (a, _flag) =
+        start(mpm, &format!("LibCGITimeout 0\nLibCGIFaultAction recycle\nLibCGIMaxFaults 0\n{PIN_INPROCESS}"));
     a.install("f.so", "fault", &[]);
     let r = a.get("/libcgi-bin/f.so");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
-    let before = a.children();
+    // Not the isolation manager (there under LIBCGI_TEST_ISOLATION): it is
+    // no server process and is never replaced.
+    let before = a.server_children();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
     if mpm != Mpm::Prefork {
         a.wait_log("the backstop's warning", |l| l.contains("cannot start the recycle backstop thread"));
@@ -83,7 +110,7 @@ fn no_deadline_and_recycle_backstop(mpm: Mpm) {
     // its refusing listener: this request, which a new process serves.
     assert_eq!(a.get("/libcgi-bin/f.so").status, 200, "{}", a.error_log());
     wait_for("the faulted process to be replaced", Duration::from_secs(20), || {
-        let now = a.children();
+        let now = a.server_children();
         (!now.is_empty() && now.iter().all(|p| !before.contains(p))).then_some(())
     });
     assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());

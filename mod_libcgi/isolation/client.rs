@@ -36,6 +36,14 @@ struct Held<'a> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A panic in the module left the call half done (the worker
+            // waits for an answer, or the slot was never turned IDLE): the
+            // worker is killed, its slot goes DEAD, and the next claimer
+            // gets a fresh one instead of waiting on it for claim_wait.
+            self.slot.kill.store(1, Ordering::Release);
+            transport::ring(&self.seg.header().doorbell);
+        }
         self.slot.owner.store(0, Ordering::Release);
         // Store, fence, load, as `claim` does the other way round: either
         // this sees its `waiting` or it sees this slot free when it scans.
@@ -285,14 +293,19 @@ pub unsafe fn run(
         }
         let out = (s.len as usize).min(DATA);
         let c_o = if sample { transport::thread_cpu_ns() } else { 0 };
+        // The callbacks' own code, not their extern "C" wrappers: those
+        // catch a panic and return -1 for a script to see, and here nobody
+        // looked at it (the rest of the output was dropped and the response
+        // ended as if complete).  Unwinding, a panic reaches the handler's
+        // catch, which answers 500 or cuts the connection, with one line.
         if out > 0 {
-            request::rs_lwrite(s.data.as_ptr() as *const c_void, out);
+            request::lwrite_impl(s.data.as_ptr() as *const c_void, out);
         }
         match s.op {
             transport::OP_OUT => {
                 let mut rc = 0;
                 if s.arg & transport::OUT_FLUSH != 0 {
-                    rc = request::rs_lflush();
+                    rc = request::lflush_impl();
                 }
                 if sample {
                     cpu_out += transport::thread_cpu_ns() - c_o;
@@ -312,7 +325,7 @@ pub unsafe fn run(
                 s.len = (h + n) as u64;
             }
             transport::OP_GET_HOST => {
-                let h = request::rs_get_remote_host();
+                let h = request::get_remote_host_impl();
                 let b = if h.is_null() { &b""[..] } else { CStr::from_ptr(h).to_bytes() };
                 let n = b.len().min(DATA - 1);
                 s.data[..n].copy_from_slice(&b[..n]);
@@ -592,13 +605,21 @@ unsafe fn died(
     } else {
         format!("exit status {}", libc::WEXITSTATUS(st))
     };
+    // Where, when the worker's fault handler had time to say (a synchronous
+    // fault), as the in-process line says it; after the rest of the line,
+    // which stays as it was for whoever matches it.
+    let at = if libc::WIFSIGNALED(st) && s.fault_sig.load(Ordering::Acquire) == libc::WTERMSIG(st) {
+        format!("; the fault was at address {:#x}", s.fault_addr.load(Ordering::Relaxed))
+    } else {
+        String::new()
+    };
     let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
     let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
     transport::ring(&seg.header().doorbell);
     let msg = if st == transport::MANAGER_DIED {
         format!("{name}: {func} cut off: the isolation manager died, and its workers with it; worker replaced")
     } else {
-        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced")
+        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced{at}")
     };
     log::rerror(r, sys::APLOG_ERR, 0, &msg);
     req.discard_body();

@@ -140,6 +140,11 @@ pub struct Slot {
     /// looks at the slot: 1 unload the script (its output was bad), as in
     /// process.  Written before the server turns the slot IDLE.
     pub unload: u32,
+    /// The worker's synchronous fault (SIGSEGV, SIGBUS, SIGFPE, SIGILL) in
+    /// this request, written by its handler just before the fault kills it:
+    /// the signal (0: none) and the faulting address, for the server's line.
+    pub fault_sig: AtomicI32,
+    pub fault_addr: AtomicU64,
     pub data: [u8; DATA],
 }
 

@@ -149,6 +149,26 @@ extern "C" fn forked_child() {
     unsafe { CALL = std::ptr::null_mut() };
 }
 
+/// The guard ended a call of the script without a signal: a callback found
+/// the thread's stack all but used up (recursion through lprintf), which the
+/// guard treats as the SIGSEGV it would soon be.  Nothing is caught in a
+/// worker, so the worker dies of that signal, as it would have a moment
+/// later, and the server thread answers as after any crash.  (Taken for a
+/// return, it sent the output so far as a complete 200.)
+fn fault_ends_the_worker(out: &guard::Outcome) -> ! {
+    let sig = if out.signo > 0 { out.signo } else { libc::SIGSEGV };
+    // SAFETY: ends this process only; the signal's default action, unblocked.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig)
+    }
+}
+
 /// The server thread is gone or the slot was taken from us: nothing to
 /// answer to.
 fn die() -> ! {
@@ -225,15 +245,19 @@ static WORKER_API: guard::RsApi = guard::RsApi {
     thread_gone: guard::thread_gone,
 };
 
-/// exit() & co. end the request, as in the server (the worker lives on);
-/// vfork is fork, as in the server (registry.rs): a vfork child shares the
-/// worker's memory and stack, and its exit would end the worker's request.
-fn exit_bindings() -> [(&'static CStr, usize); 6] {
+/// exit() & co. end the request, as in the server (the worker lives on),
+/// and so does pthread_exit on the request's thread (unbound, it ended the
+/// worker's only thread, so the worker, and the request got a 500 instead
+/// of its output); vfork is fork, as in the server (registry.rs): a vfork
+/// child shares the worker's memory and stack, and its exit would end the
+/// worker's request.
+fn exit_bindings() -> [(&'static CStr, usize); 7] {
     [
         (c"exit", guard::libcgi_c_exit as *const () as usize),
         (c"_exit", guard::libcgi_c__exit as *const () as usize),
         (c"_Exit", guard::libcgi_c__Exit as *const () as usize),
         (c"quick_exit", guard::libcgi_c_quick_exit as *const () as usize),
+        (c"pthread_exit", guard::libcgi_c_pthread_exit as *const () as usize),
         (c"vfork", libc::fork as *const () as usize),
         (c"__vfork", libc::fork as *const () as usize),
     ]
@@ -295,6 +319,7 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     // processfunc end it (shim.c), and its lwrite & co. reach no slot.
     guard::libcgi_watch_forks();
     libc::pthread_atfork(None, None, Some(forked_child));
+    report_faults(slot);
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();
@@ -338,6 +363,48 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
 
 static TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The slot this worker's fault handler reports to, and the worker's pid: a
+/// child of the script's fork() shares the slot's mapping, and its faults
+/// are its own.
+static FAULT_SLOT: std::sync::atomic::AtomicPtr<Slot> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static WORKER_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Nothing is caught in a worker, but where a synchronous fault happened is
+/// written down first, so that the server's line names the address as the
+/// in-process guard's does.  One shot (SA_RESETHAND): on return the
+/// faulting instruction runs again and meets the default action; on the
+/// alternate stack the guard gives the thread, so a stack overflow is
+/// reported too.
+unsafe fn report_faults(slot: *mut Slot) {
+    FAULT_SLOT.store(slot, Ordering::Relaxed);
+    WORKER_PID.store(libc::getpid(), Ordering::Relaxed);
+    let mut sa: libc::sigaction = std::mem::zeroed();
+    sa.sa_sigaction = on_fault as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+    libc::sigemptyset(&mut sa.sa_mask);
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_fault(sig: c_int, info: *mut libc::siginfo_t, _: *mut c_void) {
+    // SAFETY: async-signal-safe only: getpid, atomic stores into the slot
+    // (mapped for the worker's life), raise.  `info` is the kernel's.
+    unsafe {
+        let s = FAULT_SLOT.load(Ordering::Relaxed);
+        let sent = (*info).si_code <= 0;
+        if !sent && !s.is_null() && libc::getpid() == WORKER_PID.load(Ordering::Relaxed) {
+            (*s).fault_addr.store((*info).si_addr() as u64, Ordering::Relaxed);
+            (*s).fault_sig.store(sig, Ordering::Release);
+        }
+        if sent {
+            // kill() or raise(): no instruction raises it again on return;
+            // pending now, it is taken (by the default action) then.
+            libc::raise(sig);
+        }
+    }
+}
+
 extern "C" fn on_term(_: c_int) {
     TERM.store(true, Ordering::Relaxed);
 }
@@ -355,6 +422,7 @@ struct Bufs {
 }
 
 unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bufs) {
+    s.fault_sig.store(0, Ordering::Relaxed);
     let sample = s.sample != 0;
     let cpu0 = if sample { transport::thread_cpu_ns() } else { 0 };
     let len = (s.len as usize).min(DATA);
@@ -446,6 +514,7 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     CALL = std::ptr::null_mut();
     let (kind, rc) = match out.kind {
         guard::EXITED => (guard::EXITED, out.exit_status),
+        guard::FAULT | guard::TIMEOUT | guard::PANIC => fault_ends_the_worker(&out),
         _ => (guard::RETURNED, out.rc),
     };
     let rt_cpu = c.rt_cpu;
@@ -517,6 +586,7 @@ unsafe fn load(path: &[u8]) -> Result<Loaded, (String, bool)> {
         match out.kind {
             guard::RETURNED if out.rc == 0 => {}
             guard::RETURNED => return Err((format!("initfunc returned {}", out.rc), false)),
+            guard::FAULT | guard::TIMEOUT | guard::PANIC => fault_ends_the_worker(&out),
             _ => return Err((format!("initfunc {}", out.describe(None)), false)),
         }
     }

@@ -622,3 +622,8 @@ macro_rules! prefork_and_event_extra {
         mod event_more { $( #[test] fn $name() { super::$name($crate::common::Mpm::Event) } )+ }
     };
 }
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
+}
