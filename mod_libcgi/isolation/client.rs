@@ -267,8 +267,10 @@ pub unsafe fn run(
     // The output callbacks of the in-process path do the work, on this
     // thread, for the request in `req`.
     let _active = Active::enter(reqp);
+    // For the log line if it dies: by then the manager has cleared `pid`.
+    let wpid = s.pid.load(Ordering::Acquire);
     if !transport::pass(&s.state, IDLE, TO_WORKER) {
-        return died(seg, s, reqp, &name, m, mslot, "died before the call");
+        return died(seg, s, reqp, &name, m, mslot, wpid, "died before the call");
     }
     loop {
         let st = transport::wait_change(&s.state, TO_WORKER, deadline);
@@ -284,11 +286,11 @@ pub unsafe fn run(
                 while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
                 count_fault(r, s, ident, cfg);
                 metrics::isolated_fault(mslot, CStr::from_ptr((*r).filename), 0, true);
-                return died(seg, s, reqp, &name, m, mslot, &format!("timed out after {} s", t.as_secs_f64()));
+                return died(seg, s, reqp, &name, m, mslot, wpid, &format!("timed out after {} s", t.as_secs_f64()));
             }
             _ => {
                 count_fault(r, s, ident, cfg);
-                return died(seg, s, reqp, &name, m, mslot, "crashed");
+                return died(seg, s, reqp, &name, m, mslot, wpid, "crashed");
             }
         }
         let out = (s.len as usize).min(DATA);
@@ -379,12 +381,12 @@ pub unsafe fn run(
             _ => {
                 s.kill.store(1, Ordering::Release);
                 transport::ring(&seg.header().doorbell);
-                return died(seg, s, reqp, &name, m, mslot, "broke the protocol");
+                return died(seg, s, reqp, &name, m, mslot, wpid, "broke the protocol");
             }
         }
         if !transport::pass(&s.state, TO_SERVER, TO_WORKER) {
             count_fault(r, s, ident, cfg);
-            return died(seg, s, reqp, &name, m, mslot, "crashed");
+            return died(seg, s, reqp, &name, m, mslot, wpid, "crashed");
         }
     }
 }
@@ -584,6 +586,7 @@ unsafe fn count_fault(r: *mut sys::request_rec, s: &Slot, ident: crate::registry
 /// The worker died in the call (or was killed at its deadline).
 #[cold]
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn died(
     seg: &Segment,
     s: &mut Slot,
@@ -591,6 +594,7 @@ unsafe fn died(
     name: &crate::handler::Name,
     m: &mut metrics::Req,
     mslot: u32,
+    wpid: i32,
     what: &str,
 ) -> c_int {
     let req = &mut *req;
@@ -619,7 +623,7 @@ unsafe fn died(
     let msg = if st == transport::MANAGER_DIED {
         format!("{name}: {func} cut off: the isolation manager died, and its workers with it; worker replaced")
     } else {
-        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced{at}")
+        format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced{at}; worker pid {wpid}")
     };
     log::rerror(r, sys::APLOG_ERR, 0, &msg);
     req.discard_body();
