@@ -80,40 +80,6 @@ fn replaced(a: &Apache, pid: &str) -> String {
     new
 }
 
-/// After a call that ended the process running it: in process the server
-/// process survived it and answers h.so (at `path`) again; isolated
-/// (LIBCGI_TEST_ISOLATION) its worker was replaced (the old one is gone, a
-/// new one answers) and the server processes are those of before.  Returns
-/// the pid that answers now.
-/// The pid of the isolated worker whose death the newest "worker replaced"
-/// line reports.
-fn last_dead_worker(a: &Apache) -> u32 {
-    let log = a.error_log();
-    let line =
-        log.lines().rev().find(|l| l.contains("worker replaced")).unwrap_or_else(|| panic!("no worker died:\n{log}"));
-    line.rsplit_once("; worker pid ")
-        .and_then(|(_, p)| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
-
-fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
-    if isolated() {
-        // The worker that died is the one the line names: usually, not
-        // always, the one that answered `path` last (on a loaded machine a
-        // request to the script was seen given another worker of it).
-        let gone = last_dead_worker(a);
-        assert!(!alive(gone), "{path}: the dead worker {gone} is still alive");
-        let now = ok_pid(a, path);
-        assert_ne!(now, gone.to_string(), "{path}: the worker that died still answers");
-        assert_eq!(a.server_children(), servers, "the server processes changed");
-        return now;
-    }
-    let now = ok_pid(a, path);
-    assert_eq!(now, pid, "{path}: the server process changed");
-    assert_eq!(a.server_children(), servers, "the server processes changed");
-    now
-}
-
 /// The line an isolated call that a worker's death ended logs (the worker
 /// does not log; the server thread names the script and the reason).
 fn worker_died(script: &str, what: &str) -> String {
@@ -192,7 +158,7 @@ fn timeout_inside_libc(mpm: Mpm) {
         eprintln!("t.so after timeout #{i}: {:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_secs(3), "t.so took {:?}", t.elapsed());
         if isolated() {
-            pid = survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+            pid = survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
         }
     }
     // Every jump was made from the script's own code: the process is sound
@@ -234,7 +200,7 @@ fn fault_inside_libc(mpm: Mpm) {
         let servers = a.server_children();
         let log = a.wait_log("the fault's line", |l| l.contains(&worker_died("h.so", "crashed")));
         assert_eq!(log.matches(&(worker_died("h.so", "crashed") + " (signal 6); worker replaced")).count(), 1, "{log}");
-        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
         no_dead_children(&a);
         return;
     }
@@ -270,7 +236,7 @@ fn recursion_through_a_callback(mpm: Mpm) {
         a.wait_log("the fault's line", |l| l.contains("h.so: processfunc signal 11 (Segmentation fault)"));
         assert!(a.error_log().contains("(stack exhausted)"), "{}", a.error_log());
     }
-    survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+    survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
     no_dead_children(&a);
 }
 
@@ -396,7 +362,7 @@ fn raw_blocked_timer_ends_the_process(mpm: Mpm) {
         assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
         let want = worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced";
         a.wait_log("the timeout line", |l| l.contains(&want));
-        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
         no_dead_children(&a);
         return;
     }
@@ -428,7 +394,7 @@ fn blocked_in_a_syscall(mpm: Mpm) {
     if isolated() {
         let want = worker_died("h.so", "timed out after 1 s") + " (signal 9); worker replaced";
         a.wait_log("the timeout line", |l| l.contains(&want));
-        survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+        survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
         assert!(!a.error_log().contains("recycling"), "{}", a.error_log());
         no_dead_children(&a);
         return;
@@ -459,7 +425,7 @@ fn destructors_after_a_fault(mpm: Mpm) {
         if isolated() {
             let want = worker_died("h.so", "crashed") + " (signal 11); worker replaced";
             a.wait_log(&want, |l| l.contains(&want));
-            survived(&a, "/libcgi-bin/h.so", &pid, &servers);
+            survived_here(&a, "/libcgi-bin/h.so", &pid, &servers);
             assert!(!a.error_log().contains("destructors (dlclose)"), "{mode}: {}", a.error_log());
             no_dead_children(&a);
             continue;
@@ -526,7 +492,7 @@ fn nested_includes(mpm: Mpm) {
         "inc/h.so: processfunc signal 11".to_string()
     };
     a.wait_log("the outer fault", |l| l.contains(&want));
-    let pid = survived(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
+    let pid = survived_here(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
 
     // So is a timeout: the outer deadline survived the inner call.
     let t = Instant::now();
@@ -540,7 +506,7 @@ fn nested_includes(mpm: Mpm) {
         "inc/h.so: processfunc still running after 1.0 s".to_string()
     };
     a.wait_log("the outer timeout", |l| l.contains(&want));
-    survived(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
+    survived_here(&a, "/libcgi-bin/inc/h.so", &pid, &servers);
 
     // A non-thread-safe script including itself: refused, no deadlock.
     let r = must_answer(&a, "/libcgi-bin/inc/self.so?mode=include_self", Duration::from_secs(8))
@@ -698,4 +664,9 @@ mod threads {
     fn thread_churn_worker() {
         super::thread_churn(super::Mpm::Worker);
     }
+}
+
+/// common::survived with this file's ok_pid.
+fn survived_here(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
+    survived(a, path, pid, servers, ok_pid)
 }

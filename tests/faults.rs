@@ -42,39 +42,6 @@ fn ok_pid(a: &Apache, path: &str) -> String {
     r.text().strip_prefix("ok pid=").expect("ok body").to_string()
 }
 
-/// After a call that faulted: in process the same server process answers
-/// `path` again; isolated (LIBCGI_TEST_ISOLATION) the worker that ran it is
-/// gone and a new one answers, and the server processes are those of
-/// before.  Returns the pid that answers now.
-/// The pid of the isolated worker whose death the newest "worker replaced"
-/// line reports.
-fn last_dead_worker(a: &Apache) -> u32 {
-    let log = a.error_log();
-    let line =
-        log.lines().rev().find(|l| l.contains("worker replaced")).unwrap_or_else(|| panic!("no worker died:\n{log}"));
-    line.rsplit_once("; worker pid ")
-        .and_then(|(_, p)| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
-
-fn survived(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
-    if isolated() {
-        // The worker that died is the one the line names: usually, not
-        // always, the one that answered `path` last (on a loaded machine a
-        // request to the script was seen given another worker of it).
-        let gone = last_dead_worker(a);
-        assert!(!alive(gone), "{path}: the dead worker {gone} is still alive");
-        let now = ok_pid(a, path);
-        assert_ne!(now, gone.to_string(), "{path}: the worker that died still answers");
-        assert_eq!(a.server_children(), servers, "the server processes changed");
-        return now;
-    }
-    let now = ok_pid(a, path);
-    assert_eq!(now, pid, "{path}: the server process changed");
-    assert_eq!(a.server_children(), servers, "the server processes changed");
-    now
-}
-
 /// What the log says of a processfunc that faulted with `sig` ("signal 11"):
 /// in process the guard's line, isolated the server thread's line about the
 /// worker that died (the worker itself does not log).
@@ -109,7 +76,7 @@ fn every_fault_kind(mpm: Mpm) {
         a.wait_log(kind, |l| l.matches(&want).count() >= 1);
         // Reloaded: initfunc ran again (in process in the same server
         // process, isolated in a new worker).
-        pid = survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+        pid = survived_here(&a, "/libcgi-bin/f.so", &pid, &servers);
         assert_eq!(count(&marks, "init"), i + 2, "{kind}: initfunc did not run again");
         let terms = if isolated() { 0 } else { i + 1 };
         assert_eq!(count(&marks, "term"), terms, "{kind}: terminatefunc at unload");
@@ -156,7 +123,7 @@ fn faults_in_init_and_terminate(mpm: Mpm) {
         // terminatefunc cannot run.
         assert_eq!(a.get("/libcgi-bin/tf.so?mode=segv").status, 500);
         a.wait_log("the fault", |l| l.contains(&fault_line("tf.so", "signal 11")));
-        let w = survived(&a, "/libcgi-bin/tf.so", &w, &servers);
+        let w = survived_here(&a, "/libcgi-bin/tf.so", &w, &servers);
         assert_eq!(count(&marks, "term"), 0);
         // At a graceful restart the idle worker runs it, and its fault
         // kills only that worker: the new generation serves the script.
@@ -239,7 +206,7 @@ fn short_timeouts(mpm: Mpm) {
     let t = Instant::now();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=loop").status, 500);
     assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
-    let pid = survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+    let pid = survived_here(&a, "/libcgi-bin/f.so", &pid, &servers);
     for _ in 0..200 {
         // Isolated, a cut call would be a second timeout line (below).
         let now = ok_pid(&a, "/libcgi-bin/f.so");
@@ -290,7 +257,7 @@ fn continue_keeps_the_process(mpm: Mpm) {
     let pid = ok_pid(&a, "/libcgi-bin/f.so");
     let servers = a.server_children();
     assert_eq!(a.get("/libcgi-bin/f.so?mode=segv").status, 500);
-    survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+    survived_here(&a, "/libcgi-bin/f.so", &pid, &servers);
 }
 
 /// Isolated, the process that faulted is the worker, and it is replaced;
@@ -306,7 +273,7 @@ fn recycle_replaces_the_process(mpm: Mpm) {
     assert!(!r.truncated);
     if isolated() {
         // The recycle would have been scheduled before the response went.
-        survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+        survived_here(&a, "/libcgi-bin/f.so", &pid, &servers);
         let log = a.error_log();
         assert!(!log.contains("recycling this server process"), "{log}");
         assert_eq!(log.matches(&fault_line("f.so", "signal 11")).count(), 1, "{log}");
@@ -412,7 +379,7 @@ fn fault_in_callback_is_the_servers(mpm: Mpm) {
         let log = a.wait_log("the fault's line", |l| l.contains(&fault_line("f.so", "signal 11")));
         // Where the worker's lwrite read the script's pointer (16 and on).
         assert!(log.contains("worker replaced; the fault was at address 0x"), "{log}");
-        survived(&a, "/libcgi-bin/f.so", &pid, &servers);
+        survived_here(&a, "/libcgi-bin/f.so", &pid, &servers);
         assert!(dead_children(&a.error_log()).is_empty(), "{}", a.error_log());
         return;
     }
@@ -515,4 +482,9 @@ fn soak_event() {
     let growth = after as i64 - before as i64;
     eprintln!("soak: {total} requests, {faults} faults, server RSS {before} KiB -> {after} KiB ({growth:+} KiB)");
     assert!(growth < 16 * 1024, "resident memory grew by {growth} KiB");
+}
+
+/// common::survived with this file's ok_pid.
+fn survived_here(a: &Apache, path: &str, pid: &str, servers: &[u32]) -> String {
+    survived(a, path, pid, servers, ok_pid)
 }

@@ -627,3 +627,44 @@ macro_rules! prefork_and_event_extra {
 pub fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "))
 }
+
+/// The pid of the isolated worker whose death the newest "worker replaced"
+/// line reports.
+pub fn last_dead_worker(a: &Apache) -> u32 {
+    let log = a.error_log();
+    let line =
+        log.lines().rev().find(|l| l.contains("worker replaced")).unwrap_or_else(|| panic!("no worker died:\n{log}"));
+    line.rsplit_once("; worker pid ")
+        .and_then(|(_, p)| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// After a call that ended the process running it: in process the server
+/// process `pid` survived it and answers `path` again; isolated
+/// (LIBCGI_TEST_ISOLATION) the worker that died is gone and a new one
+/// answers.  Either way the server processes are those of before.  Returns
+/// the pid that answers now, as `ok_pid` reads it.
+pub fn survived(
+    a: &Apache,
+    path: &str,
+    pid: &str,
+    servers: &[u32],
+    ok_pid: impl Fn(&Apache, &str) -> String,
+) -> String {
+    let now = if isolated() {
+        // The worker that died is the one the line names: usually, not
+        // always, the one that answered `path` last (on a loaded machine a
+        // request to the script was seen given another worker of it).
+        let gone = last_dead_worker(a);
+        assert!(!alive(gone), "{path}: the dead worker {gone} is still alive");
+        let now = ok_pid(a, path);
+        assert_ne!(now, gone.to_string(), "{path}: the worker that died still answers");
+        now
+    } else {
+        let now = ok_pid(a, path);
+        assert_eq!(now, pid, "{path}: the server process changed");
+        now
+    };
+    assert_eq!(a.server_children(), servers, "the server processes changed");
+    now
+}
