@@ -31,21 +31,6 @@ fn server_in(mut c: Config, extra: &str) -> Apache {
     a
 }
 
-/// Processes whose parent is `pid`, with their command name.
-fn kids(pid: u32) -> Vec<(u32, String)> {
-    let mut v = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(st) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let Some((head, rest)) = st.rsplit_once(')') else { continue };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) && f[0] != "Z" {
-            v.push((p, head.split_once('(').map(|x| x.1).unwrap_or("").to_string()));
-        }
-    }
-    v
-}
-
 fn manager(a: &Apache) -> u32 {
     wait_for("the isolation manager", Duration::from_secs(10), || {
         kids(a.pid()).into_iter().find(|(_, n)| n == "libcgi-manager").map(|x| x.0)
@@ -54,11 +39,6 @@ fn manager(a: &Apache) -> u32 {
 
 fn workers(m: u32) -> Vec<u32> {
     kids(m).into_iter().filter(|(_, n)| n == "libcgi-worker").map(|x| x.0).collect()
-}
-
-fn alive(pid: u32) -> bool {
-    fs::metadata(format!("/proc/{pid}")).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
 }
 
 fn get_ok(a: &Apache, path: &str) -> Response {

@@ -29,11 +29,7 @@ fn server(tag: &str, extra: &str) -> (Apache, std::path::PathBuf) {
 
 /// In process whatever LIBCGI_TEST_ISOLATION says (the file's header).
 fn server_with(tag: &str, extra: &str, flags: &[&str]) -> (Apache, std::path::PathBuf) {
-    let pin = if isolation_directive().is_empty() {
-        ""
-    } else {
-        "<Files \"fault.so\">\n    LibCGIIsolation inprocess\n</Files>\n"
-    };
+    let pin = if isolated() { PIN_INPROCESS } else { "" };
     server_in(tag, &format!("{extra}\n{pin}"), flags)
 }
 
@@ -73,6 +69,13 @@ fn signal_and_wait(a: &mut Apache, sig: i32, old: &[u32]) -> Duration {
         old.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p)).then_some(())
     });
     t0.elapsed()
+}
+
+/// User CPU time of `p` in clock ticks (/proc/<p>/stat field 14).
+fn cpu_ticks(p: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+    let f: Vec<&str> = s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -136,16 +139,11 @@ fn stop_during_a_request_does_not_hang() {
         let _ = s.read_to_end(&mut v);
     });
     // Wait until one child is running the loop (its CPU time grows).
-    let cpu = |p: u32| -> u64 {
-        let s = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let f: Vec<&str> = s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
-    let base: Vec<u64> = kids.iter().map(|&p| cpu(p)).collect();
+    let base: Vec<u64> = kids.iter().map(|&p| cpu_ticks(p)).collect();
     wait_for("a child busy in processfunc", Duration::from_secs(10), || {
-        kids.iter().zip(&base).any(|(&p, &b)| cpu(p) > b + 20).then_some(())
+        kids.iter().zip(&base).any(|(&p, &b)| cpu_ticks(p) > b + 20).then_some(())
     });
-    let busy_pid = *kids.iter().zip(&base).find(|(&p, &b)| cpu(p) > b + 20).unwrap().0;
+    let busy_pid = *kids.iter().zip(&base).find(|(&p, &b)| cpu_ticks(p) > b + 20).unwrap().0;
     let took = signal_and_wait(&mut a, libc::SIGTERM, &kids);
     busy.join().unwrap();
     let idle: Vec<u32> = kids.iter().copied().filter(|&p| p != busy_pid).collect();
@@ -182,25 +180,6 @@ fn looping_terminatefunc(timeout: &str) {
     assert!(!log.contains("still did not exit"), "the parent had to escalate:\n{log}");
     let skipped = log.lines().filter(|l| l.contains("fault.so: terminatefunc") && l.contains("skipped")).count();
     assert_eq!(skipped, CHILDREN as usize, "one line per child naming the script and the timeout:\n{log}");
-}
-
-/// The workers of `a`'s isolation manager (the parent's child named
-/// libcgi-manager; its stderr relay is not one), none if it has none.
-fn isolation_workers(a: &Apache) -> Vec<u32> {
-    let comm = |p: u32| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-    let kids = |p: u32| -> Vec<u32> {
-        fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect()
-    };
-    kids(a.pid())
-        .into_iter()
-        .filter(|&p| comm(p).contains("libcgi-manager"))
-        .flat_map(kids)
-        .filter(|&p| comm(p).contains("libcgi-worker"))
-        .collect()
 }
 
 /// Stop (SIGTERM) and hard restart (SIGHUP) with the script loaded in
@@ -260,13 +239,8 @@ fn isolated_stuck_stop(what: &str, extra: &str, flags: &[&str], busy: bool) {
         })
     });
     if busy {
-        let cpu = |p: u32| -> u64 {
-            let s = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let f: Vec<&str> = s.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace().collect();
-            f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
         wait_for("a worker busy in processfunc", Duration::from_secs(10), || {
-            isolation_workers(&a).into_iter().any(|p| cpu(p) > 20).then_some(())
+            isolation_workers(&a).into_iter().any(|p| cpu_ticks(p) > 20).then_some(())
         });
     }
     let workers = isolation_workers(&a);

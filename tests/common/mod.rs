@@ -668,3 +668,30 @@ pub fn survived(
     assert_eq!(a.server_children(), servers, "the server processes changed");
     now
 }
+
+/// Processes whose parent is `pid` (not zombies), with their command name.
+pub fn kids(pid: u32) -> Vec<(u32, String)> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(st) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some((head, rest)) = st.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) && f[0] != "Z" {
+            v.push((p, head.split_once('(').map(|x| x.1).unwrap_or("").to_string()));
+        }
+    }
+    v
+}
+
+/// The workers of `a`'s isolation manager (the parent's child named
+/// libcgi-manager; its stderr relay is not one), none if it has none.
+pub fn isolation_workers(a: &Apache) -> Vec<u32> {
+    kids(a.pid())
+        .into_iter()
+        .filter(|(_, n)| n == "libcgi-manager")
+        .flat_map(|(m, _)| kids(m))
+        .filter(|(_, n)| n == "libcgi-worker")
+        .map(|(p, _)| p)
+        .collect()
+}
