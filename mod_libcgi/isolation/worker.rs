@@ -477,34 +477,51 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     // the trust again), and not for a request whose stat is older than the
     // load (a stale stat of a version replaced since: the path still names
     // what is loaded, which it runs whole).
-    if scripts.get(path).is_some_and(|l| l.object != (file[0], file[1]) && path_object(path) != Some(l.object)) {
-        scripts.remove(path);
-        (*c.slot).loaded = transport::LOADED_REPLACED;
-    }
-    if !scripts.contains_key(path) {
-        (*c.slot).loaded |= transport::LOADED;
-        (*c.slot).phase.store(1, Ordering::Release);
-        match load(path) {
-            Ok(l) => {
-                scripts.insert(path.to_vec(), l);
+    // One lookup on the usual request (the script loaded, the same
+    // object); `code` is boxed, so its address outlives moving `Loaded`
+    // into the map.
+    let mut stale = false;
+    let hit = match scripts.get(path) {
+        Some(l) if l.object == (file[0], file[1]) || path_object(path) == Some(l.object) => {
+            Some((l.process, &*l.code as *const guard::Code))
+        }
+        Some(_) => {
+            stale = true;
+            None
+        }
+        None => None,
+    };
+    let (process, code) = match hit {
+        Some(x) => x,
+        None => {
+            if stale {
+                scripts.remove(path);
+                (*c.slot).loaded = transport::LOADED_REPLACED;
             }
-            Err((msg, fault)) => {
-                CALL = std::ptr::null_mut();
-                environ = std::ptr::null_mut();
-                let s = c.slot();
-                let m = msg.as_bytes();
-                let n = m.len().min(DATA);
-                s.data[..n].copy_from_slice(&m[..n]);
-                c.out = n;
-                c.round_trip(transport::OP_LOADFAIL, fault as i32);
-                LAST_END.store(0, Ordering::Relaxed);
-                transport::pass(&c.slot().state, TO_WORKER, IDLE);
-                return;
+            (*c.slot).loaded |= transport::LOADED;
+            (*c.slot).phase.store(1, Ordering::Release);
+            match load(path) {
+                Ok(l) => {
+                    let x = (l.process, &*l.code as *const guard::Code);
+                    scripts.insert(path.to_vec(), l);
+                    x
+                }
+                Err((msg, fault)) => {
+                    CALL = std::ptr::null_mut();
+                    environ = std::ptr::null_mut();
+                    let s = c.slot();
+                    let m = msg.as_bytes();
+                    let n = m.len().min(DATA);
+                    s.data[..n].copy_from_slice(&m[..n]);
+                    c.out = n;
+                    c.round_trip(transport::OP_LOADFAIL, fault as i32);
+                    LAST_END.store(0, Ordering::Relaxed);
+                    transport::pass(&c.slot().state, TO_WORKER, IDLE);
+                    return;
+                }
             }
         }
-    }
-    let loaded = &scripts[path];
-    let (process, code) = (loaded.process, &*loaded.code as *const guard::Code);
+    };
     let input = if has_body { b.body.as_mut_ptr() as *mut c_char } else { std::ptr::null_mut() };
     (*c.slot).phase.store(2, Ordering::Release);
     let cpu1 = if sample { transport::thread_cpu_ns() } else { 0 };
