@@ -578,8 +578,58 @@ fn stderr_reaches_the_log(mpm: Mpm) {
     wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(relay)).then_some(()));
 }
 
+/// The stderr relay of manager `m` other than `not` (bounded wait).
+fn relay_of(m: u32, not: u32) -> u32 {
+    wait_for("a stderr relay", Duration::from_secs(10), || {
+        kids(m).into_iter().find(|(p, n)| n == "libcgi-stderr" && *p != not).map(|x| x.0)
+    })
+}
+
+/// The relay killed (kill -9): a script writing its stderr meanwhile
+/// neither dies (SIGPIPE) nor loses its request, a new relay appears and
+/// takes over, what was written in between and after reaches the log, one
+/// line says the relay was replaced, and the new relay goes away with its
+/// manager at a graceful restart, as the next generation's does at stop.
+fn stderr_relay_respawned(mpm: Mpm) {
+    let mut a = server(mpm, "");
+    let m = manager(&a);
+    let w = pid_of(&get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=before").text());
+    a.wait_log("the first line", |l| l.contains(&format!("iso stderr from {w} before\n")));
+    let r1 = relay_of(m, 0);
+    // SAFETY: signalling a process of the server this test started.
+    unsafe { libc::kill(r1 as i32, libc::SIGKILL) };
+    wait_for("the relay dead", Duration::from_secs(10), || (!alive(r1)).then_some(()));
+    for tag in ["gap", "after"] {
+        let r = get_ok(&a, &format!("/libcgi-bin/iso.so?mode=stderr&tag={tag}"));
+        assert_eq!(r.text(), format!("pid={w}"), "{tag}: the worker changed\n{}", a.error_log());
+    }
+    let r2 = relay_of(m, r1);
+    let r = get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=later");
+    assert_eq!(r.text(), format!("pid={w}"), "{}", a.error_log());
+    let log = a.wait_log("every line after the kill", |l| {
+        ["gap", "after", "later"].iter().all(|t| l.contains(&format!("iso stderr from {w} {t}\n")))
+    });
+    assert!(alive(w), "the worker {w} died:\n{log}");
+    assert!(!log.contains("worker replaced"), "{log}");
+    assert!(
+        log.contains(&format!("stderr relay of the isolated workers (pid {r1}) ended (signal 9); starting another")),
+        "{log}"
+    );
+    a.graceful();
+    wait_for("the old manager, its worker and its new relay gone", Duration::from_secs(15), || {
+        (!alive(m) && !alive(w) && !alive(r2)).then_some(())
+    });
+    let m2 = manager(&a);
+    let w2 = pid_of(&get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=next").text());
+    a.wait_log("the next generation's line", |l| l.contains(&format!("iso stderr from {w2} next\n")));
+    let r3 = relay_of(m2, 0);
+    a.stop();
+    wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(r3)).then_some(()));
+}
+
 per_mpm!(
     stderr_reaches_the_log,
+    stderr_relay_respawned,
     environment_as_apache_makes_it,
     manager_respawned_under_load,
     more_scripts_than_workers,

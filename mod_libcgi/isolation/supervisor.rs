@@ -130,7 +130,12 @@ unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> 
 /// A line in the main error log (the manager's stderr is it), in Apache's
 /// format, when LogLevel allows info for this module.
 fn info(t: &super::policy::Table, msg: &str) {
-    if t.loglevel < crate::sys::APLOG_INFO as i32 {
+    log_line(t, crate::sys::APLOG_INFO as i32, "info", msg);
+}
+
+/// As `info`, at `level` (named `name` in the line).
+fn log_line(t: &super::policy::Table, level: i32, name: &str, msg: &str) {
+    if t.loglevel < level {
         return;
     }
     // SAFETY: time, localtime_r and strftime write into the buffers given;
@@ -145,7 +150,7 @@ fn info(t: &super::policy::Table, msg: &str) {
         let mut y = [0u8; 8];
         let ny = libc::strftime(y.as_mut_ptr() as *mut libc::c_char, y.len(), c"%Y".as_ptr(), &tm);
         let line = format!(
-            "[{}.{:06} {}] [libcgi:info] [pid {}] mod_libcgi: {msg}\n",
+            "[{}.{:06} {}] [libcgi:{name}] [pid {}] mod_libcgi: {msg}\n",
             String::from_utf8_lossy(&b[..n]),
             tv.tv_usec,
             String::from_utf8_lossy(&y[..ny]),
@@ -155,58 +160,85 @@ fn info(t: &super::policy::Table, msg: &str) {
     }
 }
 
-/// The write end of the pipe to the stderr relay (-1: none): each worker's
-/// stderr.
+/// The pipe to the stderr relay (-1: none): the write end is each worker's
+/// stderr, the read end the relay's input.
 static mut STDERR_PIPE: libc::c_int = -1;
+static mut RELAY_INPUT: libc::c_int = -1;
+/// The relay running (0: none).
+static mut RELAY: libc::pid_t = 0;
 
 /// A script's stderr goes to the error log, as it does in process and
 /// under mod_cgid, but a worker holds no descriptor of the log itself (it
-/// could truncate it): its stderr is a pipe, and this process of the
-/// manager's copies what comes through it to the log (the manager's
-/// stderr).  A write of up to PIPE_BUF bytes is atomic, so the lines of
-/// concurrent workers do not interleave.  It ends when the last writer
-/// closes the pipe (the manager at its stop, then its workers) or with the
-/// manager (PDEATHSIG).  Returns the write end, or -1.
-unsafe fn start_stderr_relay(me: libc::pid_t) -> libc::c_int {
+/// could truncate it): its stderr is a pipe, and a process of the
+/// manager's, the relay, copies what comes through it to the log (the
+/// manager's stderr).  A write of up to PIPE_BUF bytes is atomic, so the
+/// lines of concurrent workers do not interleave; a longer one may.
+///
+/// The manager keeps the read end for its whole life, not only the relay:
+/// a relay that dies (kill -9, OOM) then never breaks the pipe, so a worker
+/// writing its stderr gets neither EPIPE nor SIGPIPE (which would end it
+/// and its request), what it writes waits in the pipe, and the next relay
+/// (`start_relay`, on the manager's next pass) reads on from the same
+/// pipe.  The workers, old and new, are untouched: nothing to hand them,
+/// and they still hold only the write end.  The manager holds no more of
+/// the log than before (its own stderr).  Returns whether there is a pipe.
+unsafe fn open_stderr_pipe() -> bool {
     let mut fds = [0 as libc::c_int; 2];
     if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-        return -1;
+        return false;
     }
+    RELAY_INPUT = fds[0];
+    STDERR_PIPE = fds[1];
+    true
+}
+
+/// Forks the relay on the pipe (RELAY is its pid, 0 if the fork failed: the
+/// next pass tries again).  It ends when the last writer closes the pipe
+/// (the manager at its stop, then its workers) or with the manager
+/// (PDEATHSIG).
+unsafe fn start_relay(me: libc::pid_t) {
     let pid = libc::fork();
-    if pid < 0 {
-        libc::close(fds[0]);
-        libc::close(fds[1]);
-        return -1;
+    if pid != 0 {
+        RELAY = pid.max(0);
+        return;
     }
-    if pid == 0 {
-        die_with_parent(me);
-        libc::close(fds[1]);
-        libc::prctl(libc::PR_SET_NAME, c"libcgi-stderr".as_ptr());
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-                libc::_exit(0);
+    die_with_parent(me);
+    // Its own copy of the write end would keep the pipe from ever ending.
+    libc::close(STDERR_PIPE);
+    libc::prctl(libc::PR_SET_NAME, c"libcgi-stderr".as_ptr());
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = libc::read(RELAY_INPUT, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
+        if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
+            libc::_exit(0);
+        }
+        let mut at = 0;
+        while at < n.max(0) as usize {
+            let w = libc::write(2, buf[at..].as_ptr() as *const libc::c_void, n as usize - at);
+            if w <= 0 {
+                break;
             }
-            let mut at = 0;
-            while at < n.max(0) as usize {
-                let w = libc::write(2, buf[at..].as_ptr() as *const libc::c_void, n as usize - at);
-                if w <= 0 {
-                    break;
-                }
-                at += w as usize;
-            }
+            at += w as usize;
         }
     }
-    libc::close(fds[0]);
-    fds[1]
+}
+
+/// What ended a child, for a log line.
+fn how_it_ended(st: libc::c_int) -> String {
+    if libc::WIFSIGNALED(st) {
+        format!("signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("exit {}", libc::WEXITSTATUS(st))
+    }
 }
 
 unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
     let mut eval = super::policy::Evaluator::new();
-    STDERR_PIPE = start_stderr_relay(me);
+    if open_stderr_pipe() {
+        start_relay(me);
+    }
     loop {
         let seen = h.doorbell.load(Ordering::Acquire);
         if TERM.load(Ordering::SeqCst) {
@@ -254,7 +286,21 @@ unsafe fn run(seg: &'static Segment) {
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
                 worker_gone(s);
+            } else if p == RELAY {
+                RELAY = 0;
+                // Only a writer-less pipe ends it normally, and the manager
+                // is one: it was killed.
+                let why = how_it_ended(st);
+                log_line(
+                    &h.policy,
+                    crate::sys::APLOG_WARNING as i32,
+                    "warn",
+                    &format!("stderr relay of the isolated workers (pid {p}) ended ({why}); starting another"),
+                );
             }
+        }
+        if RELAY == 0 && RELAY_INPUT >= 0 {
+            start_relay(me);
         }
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);

@@ -9,7 +9,8 @@
  *   mode=shm        bytes of shared anonymous memory mapped (/dev/zero)
  *   mode=envsum     per HTTP_X_BIG* variable: "NAME len sum" (sum of its
  *                   bytes), one a line, and the number of variables
- *   mode=stderr     writes "iso stderr from <pid>" to its stderr (one write)
+ *   mode=stderr[&tag=T]  writes "iso stderr from <pid>[ T]" to its stderr
+ *                   (one write)
  *   otherwise       "iso pid=<pid>"
  */
 #define _GNU_SOURCE
@@ -124,9 +125,13 @@ int processfunc(char *input)
         sleep(20);
         return 0;
     }
-    if (mode && strcmp(mode, "stderr") == 0) {
-        char line[64];
-        int n = snprintf(line, sizeof line, "iso stderr from %d\n", (int)getpid());
+    if (mode && strncmp(mode, "stderr", 6) == 0 && (mode[6] == 0 || mode[6] == '&')) {
+        const char *t = arg("tag");
+        char line[128];
+        int n = snprintf(line, sizeof line, "iso stderr from %d%s%.*s\n", (int)getpid(), t ? " " : "",
+                         (int)(t ? strcspn(t, "&") : 0), t ? t : "");
+        if (n >= (int)sizeof line)
+            n = (int)sizeof line - 1;
         if (write(2, line, (size_t)n) != n)
             return 1;
         lprintf("pid=%d", (int)getpid());
