@@ -571,6 +571,11 @@ fn stderr_reaches_the_log(mpm: Mpm) {
     let pid = r.text().strip_prefix("pid=").unwrap_or_default().to_string();
     assert!(!pid.is_empty(), "{}", r.text());
     a.wait_log("the script's stderr", |l| l.contains(&format!("iso stderr from {pid}")));
+    // A line without its end (the worker lives on, its pipe does not end)
+    // is not held back for good.
+    let r = get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=unended&nonl=1");
+    assert_eq!(r.text(), format!("pid={pid}"));
+    a.wait_log("the unended line", |l| l.contains(&format!("iso stderr from {pid} unended")));
     let relay = wait_for("the stderr relay", Duration::from_secs(10), || {
         kids(manager(&a)).into_iter().find(|(_, n)| n == "libcgi-stderr").map(|x| x.0)
     });
@@ -627,8 +632,62 @@ fn stderr_relay_respawned(mpm: Mpm) {
     wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(r3)).then_some(()));
 }
 
+/// Two workers write lines of 16 KiB (four times PIPE_BUF, each line one
+/// write) to their stderr at the same time: every line reaches the log
+/// whole, none cut by the other's.
+fn long_stderr_lines_whole(mpm: Mpm) {
+    const LINES: usize = 64;
+    const LEN: usize = 16384;
+    // Prefork: a server process for each of the two requests.
+    let mut c = Config::new(mpm);
+    c.servers = 2;
+    let a = Arc::new(server_in(c, ""));
+    let sync = a.dir.join("long.sync");
+    fs::write(&sync, "").unwrap();
+    fs::set_permissions(&sync, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let clients: Vec<_> = ['P', 'Q']
+        .into_iter()
+        .map(|c| {
+            let a = a.clone();
+            let path = format!("/libcgi-bin/iso.so?mode=long&sync={}&n={LINES}&len={LEN}&fill={c}", sync.display());
+            std::thread::spawn(move || (c, pid_of(&get_ok(&a, &path).text())))
+        })
+        .collect();
+    let who: Vec<(char, u32)> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_ne!(who[0].1, who[1].1, "one worker served both: {who:?}");
+    let want: Vec<String> = who
+        .iter()
+        .flat_map(|&(c, p)| (0..LINES).map(move |k| format!("iso long {p} {k} {}", c.to_string().repeat(LEN))))
+        .collect();
+    let missing = |log: &str| {
+        let have: std::collections::HashSet<&str> = log.lines().collect();
+        want.iter().filter(|l| !have.contains(l.as_str())).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = a.error_log();
+    while missing(&log) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        log = a.error_log();
+    }
+    let broken: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            (l.contains("iso long") || l.contains("PPPP") || l.contains("QQQQ")) && !want.iter().any(|w| w == l)
+        })
+        .map(|l| format!("{} bytes: {}...", l.len(), &l[..l.len().min(60)]))
+        .collect();
+    assert_eq!(
+        missing(&log),
+        0,
+        "{} of {} lines not whole in the log; broken lines: {broken:#?}",
+        missing(&log),
+        want.len()
+    );
+}
+
 per_mpm!(
     stderr_reaches_the_log,
+    long_stderr_lines_whole,
     stderr_relay_respawned,
     environment_as_apache_makes_it,
     manager_respawned_under_load,

@@ -4,6 +4,7 @@
 //! server thread gives up on, and takes them all down when it is told to go
 //! (stop, graceful restart) or when the Apache parent dies (PDEATHSIG).
 
+use super::relay::Relay;
 use super::transport::{self, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use super::worker;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,69 +161,6 @@ fn log_line(t: &super::policy::Table, level: i32, name: &str, msg: &str) {
     }
 }
 
-/// The pipe to the stderr relay (-1: none): the write end is each worker's
-/// stderr, the read end the relay's input.
-static mut STDERR_PIPE: libc::c_int = -1;
-static mut RELAY_INPUT: libc::c_int = -1;
-/// The relay running (0: none).
-static mut RELAY: libc::pid_t = 0;
-
-/// A script's stderr goes to the error log, as it does in process and
-/// under mod_cgid, but a worker holds no descriptor of the log itself (it
-/// could truncate it): its stderr is a pipe, and a process of the
-/// manager's, the relay, copies what comes through it to the log (the
-/// manager's stderr).  A write of up to PIPE_BUF bytes is atomic, so the
-/// lines of concurrent workers do not interleave; a longer one may.
-///
-/// The manager keeps the read end for its whole life, not only the relay:
-/// a relay that dies (kill -9, OOM) then never breaks the pipe, so a worker
-/// writing its stderr gets neither EPIPE nor SIGPIPE (which would end it
-/// and its request), what it writes waits in the pipe, and the next relay
-/// (`start_relay`, on the manager's next pass) reads on from the same
-/// pipe.  The workers, old and new, are untouched: nothing to hand them,
-/// and they still hold only the write end.  The manager holds no more of
-/// the log than before (its own stderr).  Returns whether there is a pipe.
-unsafe fn open_stderr_pipe() -> bool {
-    let mut fds = [0 as libc::c_int; 2];
-    if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-        return false;
-    }
-    RELAY_INPUT = fds[0];
-    STDERR_PIPE = fds[1];
-    true
-}
-
-/// Forks the relay on the pipe (RELAY is its pid, 0 if the fork failed: the
-/// next pass tries again).  It ends when the last writer closes the pipe
-/// (the manager at its stop, then its workers) or with the manager
-/// (PDEATHSIG).
-unsafe fn start_relay(me: libc::pid_t) {
-    let pid = libc::fork();
-    if pid != 0 {
-        RELAY = pid.max(0);
-        return;
-    }
-    die_with_parent(me);
-    // Its own copy of the write end would keep the pipe from ever ending.
-    libc::close(STDERR_PIPE);
-    libc::prctl(libc::PR_SET_NAME, c"libcgi-stderr".as_ptr());
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = libc::read(RELAY_INPUT, buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-        if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-            libc::_exit(0);
-        }
-        let mut at = 0;
-        while at < n.max(0) as usize {
-            let w = libc::write(2, buf[at..].as_ptr() as *const libc::c_void, n as usize - at);
-            if w <= 0 {
-                break;
-            }
-            at += w as usize;
-        }
-    }
-}
-
 /// What ended a child, for a log line.
 fn how_it_ended(st: libc::c_int) -> String {
     if libc::WIFSIGNALED(st) {
@@ -236,17 +174,13 @@ unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
     let mut eval = super::policy::Evaluator::new();
-    if open_stderr_pipe() {
-        start_relay(me);
-    }
+    let mut relay = Relay::new(me, seg.nslots());
+    relay.start();
     loop {
         let seen = h.doorbell.load(Ordering::Acquire);
         if TERM.load(Ordering::SeqCst) {
-            // The relay ends once the workers (the other writers) are gone.
-            if STDERR_PIPE >= 0 {
-                libc::close(STDERR_PIPE);
-                STDERR_PIPE = -1;
-            }
+            // The relay ends once the workers (the writers) are gone.
+            relay.stop();
             // Idle workers run their scripts' terminatefunc and exit; one
             // still in a request (or stuck) is killed after a grace period.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
@@ -286,10 +220,8 @@ unsafe fn run(seg: &'static Segment) {
             if let Some(s) = slot_of(seg, p) {
                 s.died.store(st, Ordering::Release);
                 worker_gone(s);
-            } else if p == RELAY {
-                RELAY = 0;
-                // Only a writer-less pipe ends it normally, and the manager
-                // is one: it was killed.
+            } else if relay.reaped(p) {
+                // Only the manager's stop ends it normally: it was killed.
                 let why = how_it_ended(st);
                 log_line(
                     &h.policy,
@@ -299,9 +231,7 @@ unsafe fn run(seg: &'static Segment) {
                 );
             }
         }
-        if RELAY == 0 && RELAY_INPUT >= 0 {
-            start_relay(me);
-        }
+        relay.start();
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);
             // A server process that died holding the slot: nobody will
@@ -324,7 +254,7 @@ unsafe fn run(seg: &'static Segment) {
                 libc::kill(p, libc::SIGKILL);
             }
             if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
-                spawn(seg, s, me);
+                spawn(seg, s, i, me, &mut relay);
             }
             // A worker the policy retired (its script went in process) has
             // been replaced: the slot is free for server threads again.
@@ -341,27 +271,30 @@ unsafe fn run(seg: &'static Segment) {
             }
             until = until.min(eval.next);
         }
+        relay.hand_over();
         transport::wait(&h.doorbell, seen, Some(until));
     }
 }
 
-unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
+unsafe fn spawn(seg: &'static Segment, s: &mut Slot, i: usize, me: libc::pid_t, relay: &mut Relay) {
     let h = seg.header();
     // Only an identity the configuration named: a server process that was
     // taken over cannot ask for root workers.
     let want = s.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
+    let err = relay.pipe_for(i);
     let pid = libc::fork();
-    if pid < 0 {
-        return;
-    }
     if pid == 0 {
         die_with_parent(me);
-        // stderr: the pipe to the relay (kept by the scrub), else /dev/null.
-        let keep = STDERR_PIPE >= 0 && libc::dup2(STDERR_PIPE, 2) == 2;
+        // stderr: its pipe to the relay (kept by the scrub), else /dev/null.
+        let keep = err >= 0 && libc::dup2(err, 2) == 2;
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
+    }
+    relay.forked(i, err, pid > 0);
+    if pid < 0 {
+        return;
     }
     s.have = ident;
     s.script = 0;
