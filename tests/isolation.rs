@@ -685,8 +685,21 @@ fn long_stderr_lines_whole(mpm: Mpm) {
     );
 }
 
+/// A write to a pipe whose reader is gone fails with EPIPE in a worker, as
+/// in a server process (the MPMs ignore SIGPIPE): it ends neither the
+/// worker nor its request.  In process the same probe is the control.
+fn sigpipe_ignored_as_in_process(mpm: Mpm) {
+    let a = server(mpm, "");
+    build_script(&a.dir.join("setbin"), "probe", "iso", &[]);
+    assert_eq!(get_ok(&a, "/sethandler/probe?mode=epipe").text(), "EPIPE", "in process");
+    let w = pid_of(&get_ok(&a, "/libcgi-bin/iso.so").text());
+    assert_eq!(get_ok(&a, "/libcgi-bin/iso.so?mode=epipe").text(), "EPIPE", "isolated");
+    assert_eq!(pid_of(&get_ok(&a, "/libcgi-bin/iso.so").text()), w, "the worker changed\n{}", a.error_log());
+}
+
 per_mpm!(
     stderr_reaches_the_log,
+    sigpipe_ignored_as_in_process,
     long_stderr_lines_whole,
     stderr_relay_respawned,
     environment_as_apache_makes_it,

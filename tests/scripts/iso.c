@@ -15,10 +15,13 @@
  *                   (up to 5 s) until P names two processes, then writes N
  *                   lines "iso long <pid> <k> " and L times C to its stderr,
  *                   each line in one write; answers "pid=<pid>"
+ *   mode=epipe      writes to a pipe whose read end it closed: "EPIPE" if
+ *                   the write failed so (it did not end the process)
  *   otherwise       "iso pid=<pid>"
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <libcgi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +181,17 @@ int processfunc(char *input)
         }
         free(line);
         lprintf("pid=%d", (int)getpid());
+        return 0;
+    }
+    if (mode && strcmp(mode, "epipe") == 0) {
+        int p[2];
+        if (pipe(p) != 0)
+            return 1;
+        close(p[0]);
+        ssize_t n = write(p[1], "x", 1);
+        int e = errno;
+        close(p[1]);
+        lputs(n < 0 && e == EPIPE ? "EPIPE" : "no EPIPE");
         return 0;
     }
     if (mode && strcmp(mode, "shm") == 0) {
