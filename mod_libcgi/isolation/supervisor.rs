@@ -283,6 +283,14 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, i: usize, me: libc::pid_t, 
     let want = s.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
+    // Before the fork, not after: the new worker turns its slot IDLE at
+    // once, and the server thread waiting for it then marks the script it
+    // brings (client.rs), which a "fresh" written here after the fork
+    // would erase (the next request for that script would load it in
+    // another worker, or another script would be sent to this one).
+    // Nothing reads them while the pid is 0.
+    s.have = ident;
+    s.script = 0;
     let err = relay.pipe_for(i);
     let pid = libc::fork();
     if pid == 0 {
@@ -292,11 +300,8 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, i: usize, me: libc::pid_t, 
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
-    relay.forked(i, err, pid > 0);
-    if pid < 0 {
-        return;
+    if pid > 0 {
+        s.pid.store(pid, Ordering::Release);
     }
-    s.have = ident;
-    s.script = 0;
-    s.pid.store(pid, Ordering::Release);
+    relay.forked(i, err, pid > 0);
 }
