@@ -41,11 +41,14 @@ pub(super) struct Relay {
     /// the running relay has it.
     pipes: Vec<(libc::c_int, bool)>,
     stopping: bool,
+    /// No relay is forked before this: one that dies as it starts costs a
+    /// fork and a log line a second, not a loop of them.
+    next_start: Instant,
 }
 
 impl Relay {
     pub fn new(me: libc::pid_t, nslots: usize) -> Relay {
-        Relay { me, pid: 0, ctl: -1, pipes: vec![(-1, false); nslots], stopping: false }
+        Relay { me, pid: 0, ctl: -1, pipes: vec![(-1, false); nslots], stopping: false, next_start: Instant::now() }
     }
 
     /// The stderr of the worker about to be forked into slot `i`: the write
@@ -106,15 +109,18 @@ impl Relay {
         }
     }
 
-    /// Forks a relay if none runs (and the manager is not stopping); one
-    /// whose fork failed is tried again on the next pass.
+    /// Forks a relay if none runs (and the manager is not stopping), at
+    /// most one a second; one not started now is on a later pass (the
+    /// manager's loop passes at least once a second).
     ///
     /// # Safety
     /// In the manager, single-threaded.
     pub unsafe fn start(&mut self) {
-        if self.pid != 0 || self.stopping {
+        let now = Instant::now();
+        if self.pid != 0 || self.stopping || now < self.next_start {
             return;
         }
+        self.next_start = now + Duration::from_secs(1);
         let mut sv = [0 as libc::c_int; 2];
         if libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) != 0 {
             return;
