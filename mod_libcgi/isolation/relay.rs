@@ -12,12 +12,12 @@
 //! newline and writes whole lines, so a line (up to `LINE`) reaches the log
 //! in one piece, whatever the sizes of the writes that made it.
 //!
-//! The manager keeps the read end of every live worker's pipe, not only the
-//! relay: a relay that dies (kill -9, the OOM killer) then breaks no pipe,
-//! so a worker writing its stderr gets neither EPIPE nor SIGPIPE (which
-//! would end it and its request), what it writes waits in its pipe, and the
-//! next relay, forked by the manager on its next pass, inherits every read
-//! end and reads on.  The workers, old and new, are untouched: they hold
+//! The manager keeps the read end of every worker's pipe (until the slot's
+//! next worker), not only the relay: a relay that dies (kill -9, the OOM
+//! killer) then breaks no pipe, so a worker writing its stderr gets neither
+//! EPIPE nor SIGPIPE (which would end it and its request), what it writes
+//! waits in its pipe, and the next relay, forked by the manager within a
+//! second, inherits every read end and reads on.  The workers, old and new, are untouched: they hold
 //! only their write end, nothing has to be handed to them.  The manager
 //! holds no more of the log than before (its own stderr).  A pipe made after
 //! the relay was forked reaches it over a socket (SCM_RIGHTS).
