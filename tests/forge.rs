@@ -135,7 +135,10 @@ fn a_forged_script_key_gets_no_other_scripts_requests(mpm: Mpm) {
     a.install("f_victim.so", "iso", &[]);
     let pid = arm(&a);
     let victim = a.bin.join("f_victim.so");
-    serve(&a, &format!("script={}", victim.display()), 3, pid);
+    // The forger's worker keeps the key from here on (its own requests go
+    // to it no more, where the key steered claims).
+    let r = a.get(&format!("/libcgi-bin/f_forge.so?script={}", victim.display()));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
     for i in 0..5 {
         let r = a.get(&format!("/libcgi-bin/f_victim.so?n={i}"));
         assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
@@ -143,7 +146,33 @@ fn a_forged_script_key_gets_no_other_scripts_requests(mpm: Mpm) {
     }
 }
 
+/// A slot its live worker marked dead (and, where the slot had it, the
+/// death called the manager's) is a fault of the script: the worker is
+/// killed, the line says so, and the faults count towards quarantine.
+fn a_slot_marked_dead_by_its_worker_is_a_fault(mpm: Mpm) {
+    let a = server(mpm, "LibCGIMaxFaults 2 60\n");
+    let mut pids = Vec::new();
+    for i in 0..2 {
+        pids.push(arm(&a));
+        let r = a.get(&format!("/libcgi-bin/f_forge.so?dead&n={i}"));
+        assert_eq!(r.status, 500, "{}\n{}", r.text(), a.error_log());
+    }
+    let r = a.get("/libcgi-bin/f_forge.so?after");
+    let log = a.error_log();
+    assert_eq!(r.status, 503, "two faults quarantine the script:\n{log}");
+    assert!(!log.contains("isolation manager died"), "{log}");
+    let lines = lines(&log, "f_forge.so: processfunc crashed in its isolated worker (no end the manager saw");
+    assert_eq!(lines.len(), 2, "{log}");
+    for (l, p) in lines.iter().zip(&pids) {
+        assert!(l.ends_with(&format!("worker pid {p}")), "{l}");
+    }
+    for p in pids {
+        wait_for("the worker that marked its slot dead killed", Duration::from_secs(10), || (!alive(p)).then_some(()));
+    }
+}
+
 per_mpm!(
+    a_slot_marked_dead_by_its_worker_is_a_fault,
     forged_loads_count_nothing,
     a_forged_count_samples_at_the_honest_rate,
     a_forged_pid_is_not_what_the_manager_kills,

@@ -15,15 +15,21 @@
  *   once killed when the server asked it to kill the worker;
  * - "script=<path>": the slot's script key (SLOT_SCRIPT, where the layout
  *   has one), which once got the worker another script's requests.
+ * "dead": the slot marked DEAD (and its `died` the manager's death, where
+ * the layout has one, SLOT_DIED) by the live worker, which then waits:
+ * that once read as the manager's death, which escapes quarantine.
  * "hang" makes processfunc never return (for LibCGITimeout).
  * The offsets are Slot's (transport.rs asserts them); -D overrides them
  * for another layout.  Answers "pid=<pid> armed=<0|1> q=<query>". */
 #include <libcgi.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef SLOT_PID
@@ -46,21 +52,30 @@ static volatile char *slot;
 static volatile int forge_loaded, forge_served, forge_pid;
 static volatile uint64_t forge_script;
 
+static void forge_once(void)
+{
+    if (!slot)
+        return;
+    *(volatile uint64_t *)(slot + SLOT_WORKER_CPU_NS) = 1000000000000ULL;
+    if (forge_loaded)
+        *(volatile uint32_t *)(slot + SLOT_LOADED) = LOADED_BOTH;
+    if (forge_served)
+        *(volatile uint64_t *)(slot + SLOT_SERVED) = SAMPLE - 1;
+    if (forge_pid)
+        *(volatile int *)(slot + SLOT_PID) = forge_pid;
+#ifdef SLOT_SCRIPT
+    if (forge_script)
+        *(volatile uint64_t *)(slot + SLOT_SCRIPT) = forge_script;
+#endif
+}
+
+/* Also after the worker's own writes of each request (the loaded bits,
+ * the count at its end). */
 static void *forge(void *arg)
 {
     (void)arg;
     for (;;) {
-        *(volatile uint64_t *)(slot + SLOT_WORKER_CPU_NS) = 1000000000000ULL;
-        if (forge_loaded)
-            *(volatile uint32_t *)(slot + SLOT_LOADED) = LOADED_BOTH;
-        if (forge_served)
-            *(volatile uint64_t *)(slot + SLOT_SERVED) = SAMPLE - 1;
-        if (forge_pid)
-            *(volatile int *)(slot + SLOT_PID) = forge_pid;
-#ifdef SLOT_SCRIPT
-        if (forge_script)
-            *(volatile uint64_t *)(slot + SLOT_SCRIPT) = forge_script;
-#endif
+        forge_once();
         usleep(20);
     }
     return NULL;
@@ -115,8 +130,22 @@ int processfunc(char *input)
         s += 7;
         forge_script = key(s, strcspn(s, "&"));
     }
+    /* Before the server reads any of it again (the script key: at once,
+     * deterministically, as the server wrote its own before this call). */
+    forge_once();
     /* The tally wants the query last. */
     lprintf("Content-Type: text/plain\n\npid=%ld armed=%d q=%s", (long)getpid(), slot != NULL, q);
+    if (strstr(q, "dead")) {
+#ifdef SLOT_DIED
+        *(volatile int *)(slot + SLOT_DIED) = INT_MIN;
+#endif
+        /* transport.rs DEAD, and the server thread woken as the manager
+         * wakes it. */
+        __atomic_store_n((uint32_t *)slot, 4, __ATOMIC_RELEASE);
+        syscall(SYS_futex, slot, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        for (;;)
+            pause();
+    }
     if (strstr(q, "hang")) {
         lflush();
         for (;;)
