@@ -171,7 +171,35 @@ fn a_slot_marked_dead_by_its_worker_is_a_fault(mpm: Mpm) {
     }
 }
 
+/// What a script forks outlives its worker no longer: orphaned with the
+/// slot mapped, it would see the requests of the slot's next worker (a
+/// replacement may run another script).  The manager kills it.
+fn a_forked_child_dies_with_its_worker(mpm: Mpm) {
+    let a = server(mpm, "");
+    let pid = arm(&a);
+    let r = a.get("/libcgi-bin/f_forge.so?orphan");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+    let child: u32 = r.text().strip_prefix("child=").and_then(|x| x.split(' ').next()?.parse().ok()).unwrap();
+    assert_eq!(pid_of(&r.text()), pid);
+    assert!(alive(child));
+    let r = a.get("/libcgi-bin/f_forge.so?crash");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !alive(child)
+    });
+    if !gone {
+        // SAFETY: the test's own child's child, by its pid.
+        unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    }
+    assert!(gone, "the script's child outlived its worker:\n{}", a.error_log());
+    assert!(!alive(pid));
+    let r = a.get("/libcgi-bin/f_forge.so?after");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+}
+
 per_mpm!(
+    a_forked_child_dies_with_its_worker,
     a_slot_marked_dead_by_its_worker_is_a_fault,
     forged_loads_count_nothing,
     a_forged_count_samples_at_the_honest_rate,

@@ -79,6 +79,11 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
     die_with_parent(parent);
     scrub_process(true);
     libc::setsid();
+    // A process a script forks outlives its worker (PDEATHSIG is not
+    // inherited) and keeps the worker's slot mapped, where the next worker
+    // of the slot, maybe another script's, gets its requests: orphaned, it
+    // comes to the manager, which kills it (`kill_orphans`).
+    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
     DOORBELL = &seg.header().doorbell;
     libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
     libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
@@ -163,6 +168,8 @@ fn info(t: &super::policy::Table, msg: &str) {
 /// The write end of the pipe to the stderr relay (-1: none): each worker's
 /// stderr.
 static mut STDERR_PIPE: libc::c_int = -1;
+/// The stderr relay's pid: the one child of the manager's that is no worker.
+static mut RELAY: libc::pid_t = 0;
 
 /// A script's stderr goes to the error log, as it does in process and
 /// under mod_cgid, but a worker holds no descriptor of the log itself (it
@@ -203,8 +210,39 @@ unsafe fn start_stderr_relay(me: libc::pid_t) -> libc::c_int {
             }
         }
     }
+    RELAY = pid;
     libc::close(fds[0]);
     fds[1]
+}
+
+/// Kills every child of the manager's that is neither a worker nor the
+/// stderr relay: what a script forked, orphaned when its worker died (the
+/// manager is their subreaper), before the slot gets its next worker.
+unsafe fn kill_orphans(seg: &Segment, me: libc::pid_t) {
+    let kids = match std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) {
+        Ok(k) => k.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()).collect(),
+        Err(_) => children_by_scan(me),
+    };
+    for p in kids {
+        if p != RELAY && slot_of(seg, p).is_none() {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+}
+
+/// The children of `me` from every process's stat (a kernel without
+/// /proc/<pid>/task/<tid>/children).
+fn children_by_scan(me: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|st| {
+                // After the command name in parentheses: state, ppid.
+                st.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()) == Some(me)
+            })
+        })
+        .collect()
 }
 
 unsafe fn run(seg: &'static Segment) {
@@ -247,9 +285,13 @@ unsafe fn run(seg: &'static Segment) {
                     libc::usleep(5_000);
                 }
             }
+            // What scripts forked and left (the relay ends once they, the
+            // last holders of its pipe, are gone).
+            kill_orphans(seg, me);
             while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
             return;
         }
+        let mut reaped = false;
         loop {
             let mut st = 0;
             let p = libc::waitpid(-1, &mut st, libc::WNOHANG);
@@ -258,7 +300,11 @@ unsafe fn run(seg: &'static Segment) {
             }
             if let Some(i) = slot_of(seg, p) {
                 worker_gone(&*seg.slot(i), &*seg.ctl(i), st);
+                reaped = true;
             }
+        }
+        if reaped {
+            kill_orphans(seg, me);
         }
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);

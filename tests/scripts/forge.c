@@ -18,6 +18,8 @@
  * "dead": the slot marked DEAD (and its `died` the manager's death, where
  * the layout has one, SLOT_DIED) by the live worker, which then waits:
  * that once read as the manager's death, which escapes quarantine.
+ * "orphan": forks a child that sleeps (with the slot mapped) and answers
+ * "child=<pid>" first; "crash": a SIGSEGV.
  * "hang" makes processfunc never return (for LibCGITimeout).
  * The offsets are Slot's (transport.rs asserts them); -D overrides them
  * for another layout.  Answers "pid=<pid> armed=<0|1> q=<query>". */
@@ -133,6 +135,17 @@ int processfunc(char *input)
     /* Before the server reads any of it again (the script key: at once,
      * deterministically, as the server wrote its own before this call). */
     forge_once();
+    if (strstr(q, "crash"))
+        *(volatile int *)8 = 1;
+    if (strstr(q, "orphan")) {
+        pid_t c = fork();
+        if (c == 0)
+            for (;;)
+                pause();
+        lprintf("Content-Type: text/plain\n\nchild=%ld ", (long)c);
+        lprintf("pid=%ld armed=%d q=%s", (long)getpid(), slot != NULL, q);
+        return 0;
+    }
     /* The tally wants the query last. */
     lprintf("Content-Type: text/plain\n\npid=%ld armed=%d q=%s", (long)getpid(), slot != NULL, q);
     if (strstr(q, "dead")) {
