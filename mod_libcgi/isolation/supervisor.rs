@@ -4,7 +4,7 @@
 //! server thread gives up on, and takes them all down when it is told to go
 //! (stop, graceful restart) or when the Apache parent dies (PDEATHSIG).
 
-use super::transport::{self, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
+use super::transport::{self, Ctl, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use super::worker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -79,6 +79,11 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
     die_with_parent(parent);
     scrub_process(true);
     libc::setsid();
+    // A process a script forks outlives its worker (PDEATHSIG is not
+    // inherited) and keeps the worker's slot mapped, where the next worker
+    // of the slot, maybe another script's, gets its requests: orphaned, it
+    // comes to the manager, which kills it (`kill_orphans`).
+    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
     DOORBELL = &seg.header().doorbell;
     libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
     libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
@@ -95,8 +100,11 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
 /// A slot's worker is gone (reaped, or its manager died): an idle slot is
 /// simply refilled, one in a request is marked dead for the server thread
 /// that waits on it.  The state first, then the pid: a server thread that
-/// sees the pid gone must not still see the dead worker's IDLE.
-fn worker_gone(s: &Slot) {
+/// sees the pid gone must not still see the dead worker's IDLE.  `status`:
+/// how it ended, recorded for the server thread before the slot turns DEAD.
+fn worker_gone(s: &Slot, c: &Ctl, status: i32) {
+    c.died.store(status, Ordering::Relaxed);
+    c.died_of.store(c.spawned.load(Ordering::Relaxed), Ordering::Release);
     loop {
         let cur = s.state.load(Ordering::Acquire);
         let to = match cur {
@@ -108,23 +116,25 @@ fn worker_gone(s: &Slot) {
             break;
         }
     }
-    s.pid.store(0, Ordering::Release);
+    c.pid.store(0, Ordering::Release);
 }
 
 /// # Safety
 /// `seg` is the live segment.
 pub unsafe fn orphaned(seg: &Segment) {
     for i in 0..seg.nslots() {
-        let s = &mut *seg.slot(i);
-        s.died.store(transport::MANAGER_DIED, Ordering::Release);
-        s.kill.store(0, Ordering::Release);
-        worker_gone(s);
+        let c = &*seg.ctl(i);
+        c.kill.store(0, Ordering::Release);
+        worker_gone(&*seg.slot(i), c, transport::MANAGER_DIED);
     }
     transport::ring(&seg.header().released);
 }
 
-unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> {
-    (0..seg.nslots()).map(|i| &mut *seg.slot(i)).find(|s| s.pid.load(Ordering::Acquire) == pid)
+/// The slot of a worker the manager started (Ctl::pid, which no worker
+/// can write: a worker's own `pid` could name any process, and the
+/// manager's kill would reach it).
+unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<usize> {
+    (0..seg.nslots()).find(|&i| (*seg.ctl(i)).pid.load(Ordering::Acquire) == pid)
 }
 
 /// A line in the main error log (the manager's stderr is it), in Apache's
@@ -158,6 +168,8 @@ fn info(t: &super::policy::Table, msg: &str) {
 /// The write end of the pipe to the stderr relay (-1: none): each worker's
 /// stderr.
 static mut STDERR_PIPE: libc::c_int = -1;
+/// The stderr relay's pid: the one child of the manager's that is no worker.
+static mut RELAY: libc::pid_t = 0;
 
 /// A script's stderr goes to the error log, as it does in process and
 /// under mod_cgid, but a worker holds no descriptor of the log itself (it
@@ -198,8 +210,39 @@ unsafe fn start_stderr_relay(me: libc::pid_t) -> libc::c_int {
             }
         }
     }
+    RELAY = pid;
     libc::close(fds[0]);
     fds[1]
+}
+
+/// Kills every child of the manager's that is neither a worker nor the
+/// stderr relay: what a script forked, orphaned when its worker died (the
+/// manager is their subreaper), before the slot gets its next worker.
+unsafe fn kill_orphans(seg: &Segment, me: libc::pid_t) {
+    let kids = match std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) {
+        Ok(k) => k.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()).collect(),
+        Err(_) => children_by_scan(me),
+    };
+    for p in kids {
+        if p != RELAY && slot_of(seg, p).is_none() {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+}
+
+/// The children of `me` from every process's stat (a kernel without
+/// /proc/<pid>/task/<tid>/children).
+fn children_by_scan(me: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|st| {
+                // After the command name in parentheses: state, ppid.
+                st.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()) == Some(me)
+            })
+        })
+        .collect()
 }
 
 unsafe fn run(seg: &'static Segment) {
@@ -219,7 +262,7 @@ unsafe fn run(seg: &'static Segment) {
             // still in a request (or stuck) is killed after a grace period.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
                 for i in 0..seg.nslots() {
-                    let p = (*seg.slot(i)).pid.load(Ordering::Acquire);
+                    let p = (*seg.ctl(i)).pid.load(Ordering::Acquire);
                     if p > 0 {
                         libc::kill(p, sig);
                     }
@@ -231,8 +274,8 @@ unsafe fn run(seg: &'static Segment) {
                         return;
                     }
                     if p > 0 {
-                        if let Some(s) = slot_of(seg, p) {
-                            s.pid.store(0, Ordering::Release);
+                        if let Some(i) = slot_of(seg, p) {
+                            (*seg.ctl(i)).pid.store(0, Ordering::Release);
                         }
                         continue;
                     }
@@ -242,49 +285,57 @@ unsafe fn run(seg: &'static Segment) {
                     libc::usleep(5_000);
                 }
             }
+            // What scripts forked and left (the relay ends once they, the
+            // last holders of its pipe, are gone).
+            kill_orphans(seg, me);
             while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
             return;
         }
+        let mut reaped = false;
         loop {
             let mut st = 0;
             let p = libc::waitpid(-1, &mut st, libc::WNOHANG);
             if p <= 0 {
                 break;
             }
-            if let Some(s) = slot_of(seg, p) {
-                s.died.store(st, Ordering::Release);
-                worker_gone(s);
+            if let Some(i) = slot_of(seg, p) {
+                worker_gone(&*seg.slot(i), &*seg.ctl(i), st);
+                reaped = true;
             }
+        }
+        if reaped {
+            kill_orphans(seg, me);
         }
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);
+            let c = &mut *seg.ctl(i);
             // A server process that died holding the slot: nobody will
             // answer its worker or free the slot.
-            let op = s.owner_pid.load(Ordering::Acquire);
-            if s.owner.load(Ordering::Acquire) != 0
+            let op = c.owner_pid.load(Ordering::Acquire);
+            if c.owner.load(Ordering::Acquire) != 0
                 && op > 0
                 && libc::kill(op, 0) != 0
                 && *libc::__errno_location() == libc::ESRCH
             {
-                s.owner_pid.store(0, Ordering::Release);
-                s.kill.store(1, Ordering::Release);
-                s.owner.store(0, Ordering::Release);
+                c.owner_pid.store(0, Ordering::Release);
+                c.kill.store(1, Ordering::Release);
+                c.owner.store(0, Ordering::Release);
             }
-            if s.owner.load(Ordering::Acquire) == 0 {
+            if c.owner.load(Ordering::Acquire) == 0 {
                 let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
             }
-            let p = s.pid.load(Ordering::Acquire);
-            if s.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
+            let p = c.pid.load(Ordering::Acquire);
+            if c.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
                 libc::kill(p, libc::SIGKILL);
             }
             if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
-                spawn(seg, s, me);
+                spawn(seg, i, me);
             }
             // A worker the policy retired (its script went in process) has
             // been replaced: the slot is free for server threads again.
-            if s.owner_pid.load(Ordering::Acquire) == me && s.script == 0 && s.pid.load(Ordering::Acquire) > 0 {
-                s.owner_pid.store(0, Ordering::Release);
-                s.owner.store(0, Ordering::Release);
+            if c.owner_pid.load(Ordering::Acquire) == me && c.script == 0 && c.pid.load(Ordering::Acquire) > 0 {
+                c.owner_pid.store(0, Ordering::Release);
+                c.owner.store(0, Ordering::Release);
                 transport::ring(&h.released);
             }
         }
@@ -299,13 +350,17 @@ unsafe fn run(seg: &'static Segment) {
     }
 }
 
-unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
+unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t) {
     let h = seg.header();
+    let (s, c) = (&mut *seg.slot(i), &mut *seg.ctl(i));
     // Only an identity the configuration named: a server process that was
     // taken over cannot ask for root workers.
-    let want = s.want;
+    let want = c.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
+    // Numbered before the fork: the worker's IDLE, which a server thread
+    // waits for, comes after it.
+    c.spawned.store(c.spawned.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
     let pid = libc::fork();
     if pid < 0 {
         return;
@@ -317,7 +372,8 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
-    s.have = ident;
-    s.script = 0;
-    s.pid.store(pid, Ordering::Release);
+    c.have = ident;
+    c.script = 0;
+    s.pid.store(pid, Ordering::Relaxed);
+    c.pid.store(pid, Ordering::Release);
 }

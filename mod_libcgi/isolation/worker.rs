@@ -537,8 +537,9 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     let rt_cpu = c.rt_cpu;
     let sl = c.slot();
     sl.rc = rc;
-    let served = sl.served.fetch_add(1, Ordering::Relaxed);
-    let next_sampled = transport::sampled(served + 1);
+    // The server's count (it keeps its own: a count here was the script's
+    // to write), which it raises at this OP_DONE.
+    let next_sampled = transport::sampled(sl.served.wrapping_add(1));
     let end = if sample || next_sampled { transport::thread_cpu_ns() } else { 0 };
     let last = if sample { LAST_END.swap(0, Ordering::Relaxed) } else { 0 };
     if next_sampled {
