@@ -32,6 +32,57 @@ struct Held<'a> {
     /// waits for the next one (the old one may still turn IDLE, finishing
     /// its last request, before the kill reaches it).
     replaced: i32,
+    /// Which slot, and how it was chosen: for the debug line of a claim
+    /// that did not get the worker already running the script.
+    index: usize,
+    how: How,
+    /// `LogLevel libcgi:debug` only: the slots of this script's workers
+    /// that the claim passed over, and why (empty otherwise: no allocation).
+    passed: Vec<Passed>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum How {
+    /// A worker that runs this script already.
+    Same,
+    /// A fresh worker.
+    Fresh,
+    /// Any free slot: its worker is replaced.
+    Replace,
+}
+
+/// A slot marked with the claimer's script that it did not take, as the
+/// scan saw it.
+struct Passed {
+    index: usize,
+    owner: u32,
+    owner_pid: i32,
+    pid: i32,
+    state: u32,
+    same_ident: bool,
+    /// Free when looked at, but another thread took it first.
+    lost_race: bool,
+}
+
+impl std::fmt::Display for Passed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.lost_race {
+            "taken by another thread first"
+        } else if self.owner != 0 {
+            "held"
+        } else if self.pid <= 0 {
+            "no worker"
+        } else if !self.same_ident {
+            "another identity"
+        } else {
+            "?"
+        };
+        write!(
+            f,
+            "slot {} ({why}: owner {} owner_pid {} state {} pid {})",
+            self.index, self.owner, self.owner_pid, self.state, self.pid
+        )
+    }
 }
 
 impl Drop for Held<'_> {
@@ -76,32 +127,48 @@ pub fn child_init() {
 /// A free slot: the worker that already runs this script, else a fresh
 /// worker of the right identity, else any free one, whose worker the manager
 /// then replaces.
-fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
+///
+/// `debug`: note in `Held::passed` each slot of this script's workers the
+/// scan passed over (for `LogLevel libcgi:debug`).
+fn claim(seg: &Segment, want: Ident, script: u64, debug: bool) -> Option<Held<'_>> {
     let deadline = Instant::now() + claim_wait(seg);
     let mut waiting = None;
+    let mut passed = Vec::new();
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
         let (mut fresh, mut other) = (None, None);
+        passed.clear();
         for i in 0..seg.nslots() {
             // SAFETY: slots live as long as the segment; `owner` decides who
             // may write the rest of it.
             let s = unsafe { &*seg.slot(i) };
             if s.owner.load(Ordering::Relaxed) != 0 {
+                if debug && s.script == script {
+                    passed.push(Passed::of(i, s, want, false));
+                }
                 continue;
             }
             let live = s.have == want && s.pid.load(Ordering::Relaxed) > 0;
             if live && s.script == script {
-                if let Some(h) = take(seg, i, want, false) {
+                if let Some(mut h) = take(seg, i, want, How::Same) {
+                    h.passed = passed;
                     return Some(h);
+                }
+                if debug {
+                    passed.push(Passed::of(i, s, want, true));
                 }
             } else if live && s.script == 0 {
                 fresh = fresh.or(Some(i));
             } else {
+                if debug && s.script == script {
+                    passed.push(Passed::of(i, s, want, false));
+                }
                 other = other.or(Some(i));
             }
         }
-        for (i, replace) in [(fresh, false), (other, true)] {
-            if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
+        for (i, how) in [(fresh, How::Fresh), (other, How::Replace)] {
+            if let Some(mut h) = i.and_then(|i| take(seg, i, want, how)) {
+                h.passed = passed;
                 return Some(h);
             }
         }
@@ -121,13 +188,27 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
     }
 }
 
-fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>> {
+impl Passed {
+    fn of(index: usize, s: &Slot, want: Ident, lost_race: bool) -> Passed {
+        Passed {
+            index,
+            owner: s.owner.load(Ordering::Relaxed),
+            owner_pid: s.owner_pid.load(Ordering::Relaxed),
+            pid: s.pid.load(Ordering::Relaxed),
+            state: s.state.load(Ordering::Relaxed),
+            same_ident: s.have == want,
+            lost_race,
+        }
+    }
+}
+
+fn take(seg: &Segment, i: usize, want: Ident, how: How) -> Option<Held<'_>> {
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
     let s = unsafe { &mut *seg.slot(i) };
     s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
     s.owner_pid.store(PID.load(Ordering::Relaxed), Ordering::Release);
     let mut replaced = 0;
-    if replace {
+    if how == How::Replace {
         s.want = want;
         let p = s.pid.load(Ordering::Acquire);
         if p > 0 {
@@ -138,7 +219,7 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
         }
         transport::ring(&seg.header().doorbell);
     }
-    Some(Held { seg, slot: s, replaced })
+    Some(Held { seg, slot: s, replaced, index: i, how, passed: Vec::new() })
 }
 
 fn script_key(path: &[u8]) -> u64 {
@@ -185,7 +266,8 @@ pub unsafe fn run(
     // an allocation and a UTF-8 check on every call).
     let name = crate::handler::Name(CStr::from_ptr((*r).filename));
     let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
-    let Some(held) = claim(seg, want, key) else {
+    let debug = log::r_enabled(r, sys::APLOG_DEBUG);
+    let Some(mut held) = claim(seg, want, key, debug) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
         log::rerror(
             r,
@@ -195,6 +277,12 @@ pub unsafe fn run(
         );
         return HTTP_SERVICE_UNAVAILABLE;
     };
+    if debug && held.how != How::Same {
+        let list: Vec<String> = std::mem::take(&mut held.passed).iter().map(|p| p.to_string()).collect();
+        let over =
+            if list.is_empty() { String::new() } else { format!(", passing over this script's {}", list.join(", ")) };
+        log::rerror(r, sys::APLOG_DEBUG, 0, &format!("{name}: claimed slot {} ({:?}){over}", held.index, held.how));
+    }
     // SAFETY: the slot outlives `held`; after `held` drops (the slot is
     // released) it is no longer touched.
     let s = &mut *(held.slot as *mut Slot);
@@ -269,6 +357,10 @@ pub unsafe fn run(
     let _active = Active::enter(reqp);
     // For the log line if it dies: by then the manager has cleared `pid`.
     let wpid = s.pid.load(Ordering::Acquire);
+    if debug && wpid <= 0 {
+        let i = held.index;
+        log::rerror(r, sys::APLOG_DEBUG, 0, &format!("{name}: slot {i} IDLE without a worker pid at the hand-over"));
+    }
     if !transport::pass(&s.state, IDLE, TO_WORKER) {
         return died(seg, s, reqp, &name, m, mslot, wpid, "died before the call");
     }
@@ -367,6 +459,15 @@ pub unsafe fn run(
                 count_load(r, s, mslot, &name, false, false, bad);
                 let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
                 log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
+                if debug && s.script != key {
+                    let (i, other) = (held.index, s.script);
+                    log::rerror(
+                        r,
+                        sys::APLOG_DEBUG,
+                        0,
+                        &format!("{name}: slot {i} of worker {pid} marked {other:#x} after the call, not this script"),
+                    );
+                }
                 // Bad output unloads the script, as in process: the worker
                 // reads the answer when it next looks at the slot.  IDLE
                 // without a wake-up (the worker does not wait for it; the
