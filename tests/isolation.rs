@@ -578,7 +578,70 @@ fn stderr_reaches_the_log(mpm: Mpm) {
     wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(relay)).then_some(()));
 }
 
+/// strace attached to `pid`, holding each fork (clone) of it for half a
+/// second before it returns in the parent; detached when dropped.
+struct SlowFork(std::process::Child);
+
+impl SlowFork {
+    fn attach(pid: u32) -> SlowFork {
+        use std::io::BufRead;
+        let mut c = std::process::Command::new("strace")
+            .args(["-p", &pid.to_string(), "-o", "/dev/null", "-e", "trace=clone,clone3"])
+            .args(["-e", "inject=clone,clone3:delay_exit=500000"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("strace (scripts/install-deps.sh installs it)");
+        let mut l = String::new();
+        std::io::BufReader::new(c.stderr.take().unwrap()).read_line(&mut l).unwrap();
+        assert!(l.contains("attached"), "strace did not attach to {pid}: {l}");
+        SlowFork(c)
+    }
+}
+
+impl Drop for SlowFork {
+    fn drop(&mut self) {
+        // SAFETY: signalling the strace this test started; SIGTERM detaches.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `pid` is blocked in futex(2), where the manager waits for its
+/// doorbell at the end of each round.
+fn in_futex(pid: u32) -> bool {
+    let s = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_futex)
+}
+
+/// A worker serves one script, also when the manager gets back from the
+/// fork of a new worker only after the worker has served its first request
+/// (the manager descheduled on a loaded machine; strace holds it here).
+/// Before, the manager then marked the slot fresh and stored the pid: the
+/// next script was given that worker (seen as a call going to another
+/// worker of its script in faults.rs and containment.rs), and the call in
+/// between was logged as run by worker 0.
+fn one_script_per_worker_when_the_manager_is_slow(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 1");
+    c.loglevel = "warn libcgi:debug".into();
+    let a = server_in(c, "");
+    fs::copy(a.bin.join("fault.so"), a.bin.join("other.so")).unwrap();
+    let first = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    let m = manager(&a);
+    let slow = SlowFork::attach(m);
+    // The one slot is fault.so's: other.so has its worker replaced.
+    let other = pid_of(&get_ok(&a, "/libcgi-bin/other.so").text());
+    assert_ne!(other, first);
+    wait_for("the manager back from the fork", Duration::from_secs(10), || in_futex(m).then_some(()));
+    drop(slow);
+    let again = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    assert_ne!(again, other, "worker {other} ran other.so, then fault.so\n{}", a.error_log());
+    assert!(!alive(other), "other.so's worker {other} was not replaced");
+    let log = a.error_log();
+    assert!(log.contains(&format!("other.so: processfunc returned 0 in isolated worker {other}")), "{log}");
+}
+
 per_mpm!(
+    one_script_per_worker_when_the_manager_is_slow,
     stderr_reaches_the_log,
     environment_as_apache_makes_it,
     manager_respawned_under_load,

@@ -288,11 +288,14 @@ pub unsafe fn run(
     let s = &mut *(held.slot as *mut Slot);
     // Wait for the worker to be ready (a fresh one starts in a millisecond).
     let ready = Instant::now() + claim_wait(seg);
-    // (The manager marks a reaped worker's slot before it clears its pid, so
-    // a slot that is IDLE under another pid than the replaced one has a
-    // live worker.)
+    // (The manager marks a reaped worker's slot before it clears its pid,
+    // and a new worker stores its pid before it turns IDLE, so a slot that
+    // is IDLE under a pid other than the replaced one has a live worker.)
     let replaced = held.replaced;
-    while s.state.load(Ordering::Acquire) != IDLE || (replaced != 0 && s.pid.load(Ordering::Acquire) == replaced) {
+    while s.state.load(Ordering::Acquire) != IDLE || {
+        let p = s.pid.load(Ordering::Acquire);
+        p <= 0 || p == replaced
+    } {
         let st = s.state.load(Ordering::Acquire);
         if Instant::now() >= ready {
             log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));

@@ -306,6 +306,14 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
     let want = s.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
+    // The slot says who the new worker is before it can turn IDLE (the
+    // worker publishes its own pid, worker::run): a server thread that
+    // waits for this slot goes on at IDLE and marks the slot with its
+    // script, and this process may only get back from fork long after that
+    // (descheduled on a loaded machine); marked fresh then, a worker that
+    // had run one script was given others.
+    s.have = ident;
+    s.script = 0;
     let pid = libc::fork();
     if pid < 0 {
         return;
@@ -317,7 +325,7 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, me: libc::pid_t) {
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
-    s.have = ident;
-    s.script = 0;
+    // The same value as the worker's own store: the slot names its worker
+    // even if it dies before it gets that far.
     s.pid.store(pid, Ordering::Release);
 }

@@ -323,7 +323,10 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();
-    // Ready: the server thread that waits for this slot may go on.
+    // Ready: the server thread that waits for this slot may go on.  The
+    // pid first, which the manager stores too but only once it is back from
+    // fork (supervisor::spawn): at IDLE the slot names its worker.
+    s.pid.store(libc::getpid(), Ordering::Release);
     transport::pass(&s.state, transport::EMPTY, IDLE);
     let mut sa: libc::sigaction = std::mem::zeroed();
     sa.sa_sigaction = on_term as *const () as usize;
