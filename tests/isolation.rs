@@ -411,25 +411,36 @@ fn all_workers_busy(mpm: Mpm) {
 
 /// More scripts than workers under load: slots change hands (a worker serves
 /// one script, so another script's request has it replaced) and every
-/// request is still answered exactly; no worker is killed mid-request.
+/// request is still answered exactly, each worker only ever for one
+/// script; no worker is killed mid-request.
 fn more_scripts_than_workers(mpm: Mpm) {
     let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
     c.servers = 4;
     let a = Arc::new(server_in(c, ""));
     for i in 0..3 {
-        fs::copy(a.bin.join("t.so"), a.bin.join(format!("t{i}.so"))).unwrap();
+        fs::copy(a.bin.join("fault.so"), a.bin.join(format!("f{i}.so"))).unwrap();
     }
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Which scripts each worker answered for.
+    let by = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u32, Vec<usize>>::new()));
     let until = Instant::now() + Duration::from_secs(4);
     let threads: Vec<_> = (0..4)
         .map(|k| {
-            let (a, bad) = (a.clone(), bad.clone());
+            let (a, bad, by) = (a.clone(), bad.clone(), by.clone());
             std::thread::spawn(move || {
                 let mut n = 0;
                 while Instant::now() < until && n < 2000 {
-                    let r = a.get(&format!("/libcgi-bin/t{}.so", (n + k) % 3));
-                    if r.status != 200 || r.text() != "hello v0" {
-                        bad.lock().unwrap().push(r.status);
+                    let i = (n + k) % 3;
+                    let r = a.get(&format!("/libcgi-bin/f{i}.so"));
+                    match r.text().strip_prefix("ok pid=").and_then(|p| p.parse::<u32>().ok()) {
+                        Some(p) if r.status == 200 => {
+                            let mut by = by.lock().unwrap();
+                            let v = by.entry(p).or_default();
+                            if !v.contains(&i) {
+                                v.push(i);
+                            }
+                        }
+                        _ => bad.lock().unwrap().push(r.status),
                     }
                     n += 1;
                 }
@@ -447,6 +458,13 @@ fn more_scripts_than_workers(mpm: Mpm) {
         a.error_log()
     );
     assert!(served > 50, "only {served} requests");
+    let by = by.lock().unwrap();
+    let shared: Vec<_> = by.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        shared.is_empty(),
+        "workers that ran more than one script (pid: f<i>.so): {shared:?} of {} workers",
+        by.len()
+    );
     assert!(!a.error_log().contains("isolated worker"), "{}", a.error_log());
 }
 
