@@ -596,39 +596,50 @@ fn stderr_reaches_the_log(mpm: Mpm) {
     wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(relay)).then_some(()));
 }
 
-/// strace attached to `pid`, holding each fork (clone) of it for half a
-/// second before it returns in the parent; detached when dropped.
-struct SlowFork(std::process::Child);
+/// strace attached to the isolation manager `pid`, holding each of the
+/// system calls named (a comma-separated set) for that many microseconds
+/// before it returns: a manager descheduled there on a loaded machine.
+/// Detached when dropped.
+struct Slow(std::process::Child);
 
-impl SlowFork {
-    fn attach(pid: u32) -> SlowFork {
+impl Slow {
+    fn attach(pid: u32, delays: &[(&str, u32)]) -> Slow {
         use std::io::BufRead;
-        let mut c = std::process::Command::new("strace")
-            .args(["-p", &pid.to_string(), "-o", "/dev/null", "-e", "trace=clone,clone3"])
-            .args(["-e", "inject=clone,clone3:delay_exit=500000"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("strace (scripts/install-deps.sh installs it)");
+        let mut c = std::process::Command::new("strace");
+        c.args(["-p", &pid.to_string(), "-o", "/dev/null"]);
+        let calls: Vec<&str> = delays.iter().map(|d| d.0).collect();
+        c.args(["-e", &format!("trace={}", calls.join(","))]);
+        for (set, us) in delays {
+            c.args(["-e", &format!("inject={set}:delay_exit={us}")]);
+        }
+        let mut c =
+            c.stderr(std::process::Stdio::piped()).spawn().expect("strace (scripts/install-deps.sh installs it)");
         let mut l = String::new();
         std::io::BufReader::new(c.stderr.take().unwrap()).read_line(&mut l).unwrap();
         assert!(l.contains("attached"), "strace did not attach to {pid}: {l}");
-        SlowFork(c)
+        Slow(c)
+    }
+
+    /// Detaches, then waits until the manager is back at its doorbell (every
+    /// delayed call returned, the round ended).
+    fn release(self, pid: u32) {
+        drop(self);
+        wait_for("the manager back at its doorbell", Duration::from_secs(10), || {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let sleeping = stat.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('S'));
+            let call = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            let futex = call.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_futex);
+            (sleeping && futex).then_some(())
+        });
     }
 }
 
-impl Drop for SlowFork {
+impl Drop for Slow {
     fn drop(&mut self) {
         // SAFETY: signalling the strace this test started; SIGTERM detaches.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
-}
-
-/// Whether `pid` is blocked in futex(2), where the manager waits for its
-/// doorbell at the end of each round.
-fn in_futex(pid: u32) -> bool {
-    let s = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-    s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_futex)
 }
 
 /// A worker serves one script, also when the manager gets back from the
@@ -645,12 +656,11 @@ fn one_script_per_worker_when_the_manager_is_slow(mpm: Mpm) {
     fs::copy(a.bin.join("fault.so"), a.bin.join("other.so")).unwrap();
     let first = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
     let m = manager(&a);
-    let slow = SlowFork::attach(m);
+    let slow = Slow::attach(m, &[("clone,clone3", 500_000)]);
     // The one slot is fault.so's: other.so has its worker replaced.
     let other = pid_of(&get_ok(&a, "/libcgi-bin/other.so").text());
     assert_ne!(other, first);
-    wait_for("the manager back from the fork", Duration::from_secs(10), || in_futex(m).then_some(()));
-    drop(slow);
+    slow.release(m);
     let again = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
     assert_ne!(again, other, "worker {other} ran other.so, then fault.so\n{}", a.error_log());
     assert!(!alive(other), "other.so's worker {other} was not replaced");
@@ -658,7 +668,34 @@ fn one_script_per_worker_when_the_manager_is_slow(mpm: Mpm) {
     assert!(log.contains(&format!("other.so: processfunc returned 0 in isolated worker {other}")), "{log}");
 }
 
+/// After a fault the script's next call goes to the slot's new worker, and
+/// so do its calls after that: the manager slow to clear the dead worker's
+/// pid (the call saw the slot as its script's live worker and waited there)
+/// and slow back from the fork of its successor left that successor marked
+/// fresh before.  Then another script was given it, and the script's next
+/// call another worker (a second initfunc): as seen in faults.rs
+/// every_fault_kind, whose faulting call went to a worker other than the
+/// one that had answered the call before.
+fn after_a_fault_the_script_keeps_its_new_worker(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
+    c.loglevel = "warn libcgi:debug".into();
+    let a = server_in(c, "");
+    fs::copy(a.bin.join("fault.so"), a.bin.join("other.so")).unwrap();
+    let dead = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    let m = manager(&a);
+    let slow = Slow::attach(m, &[("futex", 300_000), ("clone,clone3", 500_000)]);
+    assert_eq!(a.get("/libcgi-bin/fault.so?mode=segv").status, 500);
+    a.wait_log("the fault", |l| l.contains(&format!("fault.so: processfunc crashed in its isolated worker (signal 11); worker replaced; the fault was at address 0x0; worker pid {dead}")));
+    let new = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    slow.release(m);
+    let other = pid_of(&get_ok(&a, "/libcgi-bin/other.so").text());
+    assert_ne!(other, new, "worker {new} ran fault.so, then other.so\n{}", a.error_log());
+    let again = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    assert_eq!(again, new, "fault.so went to another worker\n{}", a.error_log());
+}
+
 per_mpm!(
+    after_a_fault_the_script_keeps_its_new_worker,
     one_script_per_worker_when_the_manager_is_slow,
     stderr_reaches_the_log,
     environment_as_apache_makes_it,

@@ -312,9 +312,6 @@ pub unsafe fn run(
     let sample = transport::sampled(s.served.load(Ordering::Relaxed));
     let cpu_call = if sample { transport::thread_cpu_ns() } else { 0 };
     let mut cpu_out = 0u64;
-    // Marked only now: a manager that starts the slot's new worker marks it
-    // fresh (0), and this worker is about to load this script.
-    s.script = key;
     // The environment mod_cgi would give the process: Apache's variables,
     // written from the table as ap_create_environment would write them.
     sys::ap_add_common_vars(r);
@@ -367,6 +364,11 @@ pub unsafe fn run(
     if !transport::pass(&s.state, IDLE, TO_WORKER) {
         return died(seg, s, reqp, &name, m, mslot, wpid, "died before the call");
     }
+    // Marked only once this worker has the request: the manager marks a
+    // slot fresh (0) before it forks the slot's next worker, so even if the
+    // worker waited for died meanwhile and its successor took the request,
+    // this mark comes after the manager's.
+    s.script = key;
     loop {
         let st = transport::wait_change(&s.state, TO_WORKER, deadline);
         match st {
