@@ -33,6 +33,74 @@ struct Held<'a> {
     /// waits for the next one (the old one may still turn IDLE, finishing
     /// its last request, before the kill reaches it).
     replaced: i32,
+    /// Which slot, and how it was chosen: for the debug line of a claim
+    /// that did not get the worker already running the script.
+    index: usize,
+    how: How,
+    /// `LogLevel libcgi:debug` only: the slots of this script's workers
+    /// that the claim passed over, and why (empty otherwise: no allocation).
+    passed: Vec<Passed>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum How {
+    /// A worker that runs this script already.
+    Same,
+    /// A fresh worker.
+    Fresh,
+    /// Any free slot: its worker is replaced.
+    Replace,
+}
+
+/// A slot marked with the claimer's script that it did not take, as the
+/// scan saw it.
+struct Passed {
+    index: usize,
+    owner: u32,
+    owner_pid: i32,
+    pid: i32,
+    state: u32,
+    same_ident: bool,
+    /// Free when looked at, but another thread took it first.
+    lost_race: bool,
+}
+
+impl std::fmt::Display for Passed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.lost_race {
+            "taken by another thread first"
+        } else if self.owner != 0 {
+            "held"
+        } else if self.pid <= 0 {
+            "no worker"
+        } else if !self.same_ident {
+            "another identity"
+        } else {
+            "?"
+        };
+        write!(
+            f,
+            "slot {} ({why}: owner {} owner_pid {} state {} pid {})",
+            self.index, self.owner, self.owner_pid, self.state, self.pid
+        )
+    }
+}
+
+impl Passed {
+    fn of(seg: &Segment, index: usize, want: Ident, lost_race: bool) -> Passed {
+        // SAFETY: slots and the header live as long as the segment; these
+        // are reads for a log line.
+        let (s, c) = unsafe { (&*seg.slot(index), &*seg.ctl(index)) };
+        Passed {
+            index,
+            owner: c.owner.load(Ordering::Relaxed),
+            owner_pid: c.owner_pid.load(Ordering::Relaxed),
+            pid: c.pid.load(Ordering::Relaxed),
+            state: s.state.load(Ordering::Relaxed),
+            same_ident: c.have == want,
+            lost_race,
+        }
+    }
 }
 
 impl Drop for Held<'_> {
@@ -77,32 +145,48 @@ pub fn child_init() {
 /// A free slot: the worker that already runs this script, else a fresh
 /// worker of the right identity, else any free one, whose worker the manager
 /// then replaces.
-fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
+///
+/// `debug`: note in `Held::passed` each slot of this script's workers the
+/// scan passed over (for `LogLevel libcgi:debug`).
+fn claim(seg: &Segment, want: Ident, script: u64, debug: bool) -> Option<Held<'_>> {
     let deadline = Instant::now() + claim_wait(seg);
     let mut waiting = None;
+    let mut passed = Vec::new();
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
         let (mut fresh, mut other) = (None, None);
+        passed.clear();
         for i in 0..seg.nslots() {
             // SAFETY: the header lives as long as the segment; `owner`
             // decides who may write the rest of the entry.
             let c = unsafe { &*seg.ctl(i) };
             if c.owner.load(Ordering::Relaxed) != 0 {
+                if debug && c.script == script {
+                    passed.push(Passed::of(seg, i, want, false));
+                }
                 continue;
             }
             let live = c.have == want && c.pid.load(Ordering::Relaxed) > 0;
             if live && c.script == script {
-                if let Some(h) = take(seg, i, want, false) {
+                if let Some(mut h) = take(seg, i, want, How::Same) {
+                    h.passed = passed;
                     return Some(h);
+                }
+                if debug {
+                    passed.push(Passed::of(seg, i, want, true));
                 }
             } else if live && c.script == 0 {
                 fresh = fresh.or(Some(i));
             } else {
+                if debug && c.script == script {
+                    passed.push(Passed::of(seg, i, want, false));
+                }
                 other = other.or(Some(i));
             }
         }
-        for (i, replace) in [(fresh, false), (other, true)] {
-            if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
+        for (i, how) in [(fresh, How::Fresh), (other, How::Replace)] {
+            if let Some(mut h) = i.and_then(|i| take(seg, i, want, how)) {
+                h.passed = passed;
                 return Some(h);
             }
         }
@@ -122,13 +206,13 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
     }
 }
 
-fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>> {
+fn take(seg: &Segment, i: usize, want: Ident, how: How) -> Option<Held<'_>> {
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
     let (s, c) = unsafe { (&mut *seg.slot(i), &mut *seg.ctl(i)) };
     c.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
     c.owner_pid.store(PID.load(Ordering::Relaxed), Ordering::Release);
     let mut replaced = 0;
-    if replace {
+    if how == How::Replace {
         c.want = want;
         let p = c.pid.load(Ordering::Acquire);
         if p > 0 {
@@ -139,7 +223,7 @@ fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>>
         }
         transport::ring(&seg.header().doorbell);
     }
-    Some(Held { seg, slot: s, ctl: c, replaced })
+    Some(Held { seg, slot: s, ctl: c, replaced, index: i, how, passed: Vec::new() })
 }
 
 fn script_key(path: &[u8]) -> u64 {
@@ -186,7 +270,8 @@ pub unsafe fn run(
     // an allocation and a UTF-8 check on every call).
     let name = crate::handler::Name(CStr::from_ptr((*r).filename));
     let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
-    let Some(held) = claim(seg, want, key) else {
+    let debug = log::r_enabled(r, sys::APLOG_DEBUG);
+    let Some(mut held) = claim(seg, want, key, debug) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
         log::rerror(
             r,
@@ -196,17 +281,27 @@ pub unsafe fn run(
         );
         return HTTP_SERVICE_UNAVAILABLE;
     };
+    if debug && held.how != How::Same {
+        let list: Vec<String> = std::mem::take(&mut held.passed).iter().map(|p| p.to_string()).collect();
+        let over =
+            if list.is_empty() { String::new() } else { format!(", passing over this script's {}", list.join(", ")) };
+        log::rerror(r, sys::APLOG_DEBUG, 0, &format!("{name}: claimed slot {} ({:?}){over}", held.index, held.how));
+    }
     // SAFETY: the slot outlives `held`; after `held` drops (the slot is
     // released) it is no longer touched.
     let s = &mut *(held.slot as *mut Slot);
     let c = &mut *(held.ctl as *mut Ctl);
     // Wait for the worker to be ready (a fresh one starts in a millisecond).
     let ready = Instant::now() + claim_wait(seg);
-    // (The manager marks a reaped worker's slot before it clears its pid, so
-    // a slot that is IDLE under another pid than the replaced one has a
-    // live worker.)
+    // (The manager marks a reaped worker's slot before it clears its pid,
+    // and stores a new worker's pid once it is back from fork, waking this
+    // wait; so a slot that is IDLE under a pid other than the replaced one
+    // has a live worker, and the pid the dead-worker line names is its.)
     let replaced = held.replaced;
-    while s.state.load(Ordering::Acquire) != IDLE || (replaced != 0 && c.pid.load(Ordering::Acquire) == replaced) {
+    while s.state.load(Ordering::Acquire) != IDLE || {
+        let p = c.pid.load(Ordering::Acquire);
+        p <= 0 || p == replaced
+    } {
         let st = s.state.load(Ordering::Acquire);
         if Instant::now() >= ready {
             log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));
@@ -228,9 +323,6 @@ pub unsafe fn run(
     let mut cpu_out = 0u64;
     let file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
     let (worker, may_load) = expect_load(c, key, &file);
-    // Marked only now: a manager that starts the slot's new worker marks it
-    // fresh (0), and this worker is about to load this script.
-    c.script = key;
     // The environment mod_cgi would give the process: Apache's variables,
     // written from the table as ap_create_environment would write them.
     sys::ap_add_common_vars(r);
@@ -277,8 +369,16 @@ pub unsafe fn run(
     let _active = Active::enter(reqp);
     // For the log line if it dies: by then the manager has cleared `pid`.
     let wpid = c.pid.load(Ordering::Acquire);
+    let handed = transport::pass(&s.state, IDLE, TO_WORKER);
+    if handed {
+        // Marked only once this worker has the request: the manager marks a
+        // slot fresh (0) before it forks the slot's next worker, so even if
+        // the worker died meanwhile and its successor took the request, this
+        // mark comes after the manager's.
+        c.script = key;
+    }
     let w = Worker { seg, c, number: worker, pid: wpid };
-    if !transport::pass(&s.state, IDLE, TO_WORKER) {
+    if !handed {
         return died(&w, s, reqp, &name, m, mslot, "died before the call");
     }
     loop {
@@ -386,6 +486,15 @@ pub unsafe fn run(
                 }
                 let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
                 log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
+                if debug && w.c.script != key {
+                    let (i, other) = (held.index, w.c.script);
+                    log::rerror(
+                        r,
+                        sys::APLOG_DEBUG,
+                        0,
+                        &format!("{name}: slot {i} of worker {pid} marked {other:#x} after the call, not this script"),
+                    );
+                }
                 // Bad output unloads the script, as in process: the worker
                 // reads the answer when it next looks at the slot.  IDLE
                 // without a wake-up (the worker does not wait for it; the

@@ -358,9 +358,15 @@ unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t) {
     let want = c.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
-    // Numbered before the fork: the worker's IDLE, which a server thread
-    // waits for, comes after it.
+    // Numbered and marked before the fork: the worker's IDLE, which a
+    // server thread waits for, comes after it.  Marked fresh only here: a
+    // server thread goes on once the new pid is stored below and marks the
+    // slot with its script; marked after the fork, a manager descheduled
+    // between fork and these stores re-marked as fresh a worker that had
+    // already run a script, and the next script was given it.
     c.spawned.store(c.spawned.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+    c.have = ident;
+    c.script = 0;
     let pid = libc::fork();
     if pid < 0 {
         return;
@@ -372,8 +378,10 @@ unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t) {
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
-    c.have = ident;
-    c.script = 0;
     s.pid.store(pid, Ordering::Relaxed);
     c.pid.store(pid, Ordering::Release);
+    // A server thread that saw the worker IDLE before this store waits for
+    // the pid on the state word (client::run): the wake lets it go on now
+    // rather than at its 50 ms re-check.
+    transport::wake(&s.state);
 }

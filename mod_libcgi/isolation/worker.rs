@@ -323,7 +323,11 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();
-    // Ready: the server thread that waits for this slot may go on.
+    // Ready: the server thread that waits for this slot may go on once the
+    // manager has stored this worker's pid in its Ctl entry (which only the
+    // manager writes).  The slot's own copy is for this side (and forge.c),
+    // set here since the manager may still be on its way back from fork.
+    s.pid.store(libc::getpid(), Ordering::Release);
     transport::pass(&s.state, transport::EMPTY, IDLE);
     let mut sa: libc::sigaction = std::mem::zeroed();
     sa.sa_sigaction = on_term as *const () as usize;
