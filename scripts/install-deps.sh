@@ -6,6 +6,8 @@ set -euo pipefail
 pkgs=(apache2 apache2-dev libclang-dev clang gcc g++ libc6-dev binutils curl)
 # tests/metrics.rs: promtool, JSON schema and Prometheus parsers, a headless browser, a tracer.
 pkgs+=(prometheus python3-jsonschema python3-prometheus-client chromium bpftrace nghttp2-client)
+# tests/isolation.rs: strace holds the isolation manager in fork (a slow manager, deterministically).
+pkgs+=(strace)
 [[ $# -gt 0 ]] && pkgs+=("$@")
 
 missing=()

@@ -411,25 +411,36 @@ fn all_workers_busy(mpm: Mpm) {
 
 /// More scripts than workers under load: slots change hands (a worker serves
 /// one script, so another script's request has it replaced) and every
-/// request is still answered exactly; no worker is killed mid-request.
+/// request is still answered exactly, each worker only ever for one
+/// script; no worker is killed mid-request.
 fn more_scripts_than_workers(mpm: Mpm) {
     let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
     c.servers = 4;
     let a = Arc::new(server_in(c, ""));
     for i in 0..3 {
-        fs::copy(a.bin.join("t.so"), a.bin.join(format!("t{i}.so"))).unwrap();
+        fs::copy(a.bin.join("fault.so"), a.bin.join(format!("f{i}.so"))).unwrap();
     }
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Which scripts each worker answered for.
+    let by = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u32, Vec<usize>>::new()));
     let until = Instant::now() + Duration::from_secs(4);
     let threads: Vec<_> = (0..4)
         .map(|k| {
-            let (a, bad) = (a.clone(), bad.clone());
+            let (a, bad, by) = (a.clone(), bad.clone(), by.clone());
             std::thread::spawn(move || {
                 let mut n = 0;
                 while Instant::now() < until && n < 2000 {
-                    let r = a.get(&format!("/libcgi-bin/t{}.so", (n + k) % 3));
-                    if r.status != 200 || r.text() != "hello v0" {
-                        bad.lock().unwrap().push(r.status);
+                    let i = (n + k) % 3;
+                    let r = a.get(&format!("/libcgi-bin/f{i}.so"));
+                    match r.text().strip_prefix("ok pid=").and_then(|p| p.parse::<u32>().ok()) {
+                        Some(p) if r.status == 200 => {
+                            let mut by = by.lock().unwrap();
+                            let v = by.entry(p).or_default();
+                            if !v.contains(&i) {
+                                v.push(i);
+                            }
+                        }
+                        _ => bad.lock().unwrap().push(r.status),
                     }
                     n += 1;
                 }
@@ -447,6 +458,13 @@ fn more_scripts_than_workers(mpm: Mpm) {
         a.error_log()
     );
     assert!(served > 50, "only {served} requests");
+    let by = by.lock().unwrap();
+    let shared: Vec<_> = by.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        shared.is_empty(),
+        "workers that ran more than one script (pid: f<i>.so): {shared:?} of {} workers",
+        by.len()
+    );
     assert!(!a.error_log().contains("isolated worker"), "{}", a.error_log());
 }
 
@@ -697,7 +715,107 @@ fn sigpipe_ignored_as_in_process(mpm: Mpm) {
     assert_eq!(pid_of(&get_ok(&a, "/libcgi-bin/iso.so").text()), w, "the worker changed\n{}", a.error_log());
 }
 
+/// strace attached to the isolation manager `pid`, holding each of the
+/// system calls named (a comma-separated set) for that many microseconds
+/// before it returns: a manager descheduled there on a loaded machine.
+/// Detached when dropped.
+struct Slow(std::process::Child);
+
+impl Slow {
+    fn attach(pid: u32, delays: &[(&str, u32)]) -> Slow {
+        use std::io::BufRead;
+        let mut c = std::process::Command::new("strace");
+        c.args(["-p", &pid.to_string(), "-o", "/dev/null"]);
+        let calls: Vec<&str> = delays.iter().map(|d| d.0).collect();
+        c.args(["-e", &format!("trace={}", calls.join(","))]);
+        for (set, us) in delays {
+            c.args(["-e", &format!("inject={set}:delay_exit={us}")]);
+        }
+        let mut c =
+            c.stderr(std::process::Stdio::piped()).spawn().expect("strace (scripts/install-deps.sh installs it)");
+        let mut l = String::new();
+        std::io::BufReader::new(c.stderr.take().unwrap()).read_line(&mut l).unwrap();
+        assert!(l.contains("attached"), "strace did not attach to {pid}: {l}");
+        Slow(c)
+    }
+
+    /// Detaches, then waits until the manager is back at its doorbell (every
+    /// delayed call returned, the round ended).
+    fn release(self, pid: u32) {
+        drop(self);
+        wait_for("the manager back at its doorbell", Duration::from_secs(10), || {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let sleeping = stat.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('S'));
+            let call = fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            let futex = call.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_futex);
+            (sleeping && futex).then_some(())
+        });
+    }
+}
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        // SAFETY: signalling the strace this test started; SIGTERM detaches.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A worker serves one script, also when the manager gets back from the
+/// fork of a new worker only after the worker has served its first request
+/// (the manager descheduled on a loaded machine; strace holds it here).
+/// Before, the manager then marked the slot fresh and stored the pid: the
+/// next script was given that worker (seen as a call going to another
+/// worker of its script in faults.rs and containment.rs), and the call in
+/// between was logged as run by worker 0.
+fn one_script_per_worker_when_the_manager_is_slow(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 1");
+    c.loglevel = "warn libcgi:debug".into();
+    let a = server_in(c, "");
+    fs::copy(a.bin.join("fault.so"), a.bin.join("other.so")).unwrap();
+    let first = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    let m = manager(&a);
+    let slow = Slow::attach(m, &[("clone,clone3", 500_000)]);
+    // The one slot is fault.so's: other.so has its worker replaced.
+    let other = pid_of(&get_ok(&a, "/libcgi-bin/other.so").text());
+    assert_ne!(other, first);
+    slow.release(m);
+    let again = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    assert_ne!(again, other, "worker {other} ran other.so, then fault.so\n{}", a.error_log());
+    assert!(!alive(other), "other.so's worker {other} was not replaced");
+    let log = a.error_log();
+    assert!(log.contains(&format!("other.so: processfunc returned 0 in isolated worker {other}")), "{log}");
+}
+
+/// After a fault the script's next call goes to the slot's new worker, and
+/// so do its calls after that: the manager slow to clear the dead worker's
+/// pid (the call saw the slot as its script's live worker and waited there)
+/// and slow back from the fork of its successor left that successor marked
+/// fresh before.  Then another script was given it, and the script's next
+/// call another worker (a second initfunc): as seen in faults.rs
+/// every_fault_kind, whose faulting call went to a worker other than the
+/// one that had answered the call before.
+fn after_a_fault_the_script_keeps_its_new_worker(mpm: Mpm) {
+    let mut c = Config::new(mpm).extra("LibCGIIsolationWorkers 2");
+    c.loglevel = "warn libcgi:debug".into();
+    let a = server_in(c, "");
+    fs::copy(a.bin.join("fault.so"), a.bin.join("other.so")).unwrap();
+    let dead = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    let m = manager(&a);
+    let slow = Slow::attach(m, &[("futex", 300_000), ("clone,clone3", 500_000)]);
+    assert_eq!(a.get("/libcgi-bin/fault.so?mode=segv").status, 500);
+    a.wait_log("the fault", |l| l.contains(&format!("fault.so: processfunc crashed in its isolated worker (signal 11); worker replaced; the worker said the fault was at address 0x0; worker pid {dead}")));
+    let new = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    slow.release(m);
+    let other = pid_of(&get_ok(&a, "/libcgi-bin/other.so").text());
+    assert_ne!(other, new, "worker {new} ran fault.so, then other.so\n{}", a.error_log());
+    let again = pid_of(&get_ok(&a, "/libcgi-bin/fault.so").text());
+    assert_eq!(again, new, "fault.so went to another worker\n{}", a.error_log());
+}
+
 per_mpm!(
+    after_a_fault_the_script_keeps_its_new_worker,
+    one_script_per_worker_when_the_manager_is_slow,
     stderr_reaches_the_log,
     sigpipe_ignored_as_in_process,
     long_stderr_lines_whole,

@@ -5,7 +5,7 @@
 //! brigades down the filter chain), `get_remote_host` answered here, and the
 //! end decided as the handler decides it.
 
-use super::transport::{self, Ident, Segment, Slot, DATA, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
+use super::transport::{self, Ctl, Ident, Segment, Slot, DATA, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use crate::config::Settings;
 use crate::log;
 use crate::metrics;
@@ -28,10 +28,79 @@ fn claim_wait(seg: &Segment) -> Duration {
 struct Held<'a> {
     seg: &'a Segment,
     slot: &'a mut Slot,
+    ctl: &'a mut Ctl,
     /// The worker this thread had killed to take its slot: the request
     /// waits for the next one (the old one may still turn IDLE, finishing
     /// its last request, before the kill reaches it).
     replaced: i32,
+    /// Which slot, and how it was chosen: for the debug line of a claim
+    /// that did not get the worker already running the script.
+    index: usize,
+    how: How,
+    /// `LogLevel libcgi:debug` only: the slots of this script's workers
+    /// that the claim passed over, and why (empty otherwise: no allocation).
+    passed: Vec<Passed>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum How {
+    /// A worker that runs this script already.
+    Same,
+    /// A fresh worker.
+    Fresh,
+    /// Any free slot: its worker is replaced.
+    Replace,
+}
+
+/// A slot marked with the claimer's script that it did not take, as the
+/// scan saw it.
+struct Passed {
+    index: usize,
+    owner: u32,
+    owner_pid: i32,
+    pid: i32,
+    state: u32,
+    same_ident: bool,
+    /// Free when looked at, but another thread took it first.
+    lost_race: bool,
+}
+
+impl std::fmt::Display for Passed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.lost_race {
+            "taken by another thread first"
+        } else if self.owner != 0 {
+            "held"
+        } else if self.pid <= 0 {
+            "no worker"
+        } else if !self.same_ident {
+            "another identity"
+        } else {
+            "?"
+        };
+        write!(
+            f,
+            "slot {} ({why}: owner {} owner_pid {} state {} pid {})",
+            self.index, self.owner, self.owner_pid, self.state, self.pid
+        )
+    }
+}
+
+impl Passed {
+    fn of(seg: &Segment, index: usize, want: Ident, lost_race: bool) -> Passed {
+        // SAFETY: slots and the header live as long as the segment; these
+        // are reads for a log line.
+        let (s, c) = unsafe { (&*seg.slot(index), &*seg.ctl(index)) };
+        Passed {
+            index,
+            owner: c.owner.load(Ordering::Relaxed),
+            owner_pid: c.owner_pid.load(Ordering::Relaxed),
+            pid: c.pid.load(Ordering::Relaxed),
+            state: s.state.load(Ordering::Relaxed),
+            same_ident: c.have == want,
+            lost_race,
+        }
+    }
 }
 
 impl Drop for Held<'_> {
@@ -41,10 +110,10 @@ impl Drop for Held<'_> {
             // waits for an answer, or the slot was never turned IDLE): the
             // worker is killed, its slot goes DEAD, and the next claimer
             // gets a fresh one instead of waiting on it for claim_wait.
-            self.slot.kill.store(1, Ordering::Release);
+            self.ctl.kill.store(1, Ordering::Release);
             transport::ring(&self.seg.header().doorbell);
         }
-        self.slot.owner.store(0, Ordering::Release);
+        self.ctl.owner.store(0, Ordering::Release);
         // Store, fence, load, as `claim` does the other way round: either
         // this sees its `waiting` or it sees this slot free when it scans.
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -76,32 +145,48 @@ pub fn child_init() {
 /// A free slot: the worker that already runs this script, else a fresh
 /// worker of the right identity, else any free one, whose worker the manager
 /// then replaces.
-fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
+///
+/// `debug`: note in `Held::passed` each slot of this script's workers the
+/// scan passed over (for `LogLevel libcgi:debug`).
+fn claim(seg: &Segment, want: Ident, script: u64, debug: bool) -> Option<Held<'_>> {
     let deadline = Instant::now() + claim_wait(seg);
     let mut waiting = None;
+    let mut passed = Vec::new();
     loop {
         let seen = seg.header().released.load(Ordering::Acquire);
         let (mut fresh, mut other) = (None, None);
+        passed.clear();
         for i in 0..seg.nslots() {
-            // SAFETY: slots live as long as the segment; `owner` decides who
-            // may write the rest of it.
-            let s = unsafe { &*seg.slot(i) };
-            if s.owner.load(Ordering::Relaxed) != 0 {
+            // SAFETY: the header lives as long as the segment; `owner`
+            // decides who may write the rest of the entry.
+            let c = unsafe { &*seg.ctl(i) };
+            if c.owner.load(Ordering::Relaxed) != 0 {
+                if debug && c.script == script {
+                    passed.push(Passed::of(seg, i, want, false));
+                }
                 continue;
             }
-            let live = s.have == want && s.pid.load(Ordering::Relaxed) > 0;
-            if live && s.script == script {
-                if let Some(h) = take(seg, i, want, false) {
+            let live = c.have == want && c.pid.load(Ordering::Relaxed) > 0;
+            if live && c.script == script {
+                if let Some(mut h) = take(seg, i, want, How::Same) {
+                    h.passed = passed;
                     return Some(h);
                 }
-            } else if live && s.script == 0 {
+                if debug {
+                    passed.push(Passed::of(seg, i, want, true));
+                }
+            } else if live && c.script == 0 {
                 fresh = fresh.or(Some(i));
             } else {
+                if debug && c.script == script {
+                    passed.push(Passed::of(seg, i, want, false));
+                }
                 other = other.or(Some(i));
             }
         }
-        for (i, replace) in [(fresh, false), (other, true)] {
-            if let Some(h) = i.and_then(|i| take(seg, i, want, replace)) {
+        for (i, how) in [(fresh, How::Fresh), (other, How::Replace)] {
+            if let Some(mut h) = i.and_then(|i| take(seg, i, want, how)) {
+                h.passed = passed;
                 return Some(h);
             }
         }
@@ -121,24 +206,24 @@ fn claim(seg: &Segment, want: Ident, script: u64) -> Option<Held<'_>> {
     }
 }
 
-fn take(seg: &Segment, i: usize, want: Ident, replace: bool) -> Option<Held<'_>> {
+fn take(seg: &Segment, i: usize, want: Ident, how: How) -> Option<Held<'_>> {
     // SAFETY: as in `claim`; the CAS makes this thread the slot's owner.
-    let s = unsafe { &mut *seg.slot(i) };
-    s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-    s.owner_pid.store(PID.load(Ordering::Relaxed), Ordering::Release);
+    let (s, c) = unsafe { (&mut *seg.slot(i), &mut *seg.ctl(i)) };
+    c.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+    c.owner_pid.store(PID.load(Ordering::Relaxed), Ordering::Release);
     let mut replaced = 0;
-    if replace {
-        s.want = want;
-        let p = s.pid.load(Ordering::Acquire);
+    if how == How::Replace {
+        c.want = want;
+        let p = c.pid.load(Ordering::Acquire);
         if p > 0 {
             // The server thread waits until a new worker is IDLE.
             let _ = s.state.compare_exchange(transport::IDLE, EMPTY, Ordering::AcqRel, Ordering::Acquire);
-            s.kill.store(1, Ordering::Release);
+            c.kill.store(1, Ordering::Release);
             replaced = p;
         }
         transport::ring(&seg.header().doorbell);
     }
-    Some(Held { seg, slot: s, replaced })
+    Some(Held { seg, slot: s, ctl: c, replaced, index: i, how, passed: Vec::new() })
 }
 
 fn script_key(path: &[u8]) -> u64 {
@@ -185,7 +270,8 @@ pub unsafe fn run(
     // an allocation and a UTF-8 check on every call).
     let name = crate::handler::Name(CStr::from_ptr((*r).filename));
     let key = script_key(CStr::from_ptr((*r).filename).to_bytes());
-    let Some(held) = claim(seg, want, key) else {
+    let debug = log::r_enabled(r, sys::APLOG_DEBUG);
+    let Some(mut held) = claim(seg, want, key, debug) else {
         let (n, w) = (seg.nslots(), claim_wait(seg).as_secs());
         log::rerror(
             r,
@@ -195,16 +281,27 @@ pub unsafe fn run(
         );
         return HTTP_SERVICE_UNAVAILABLE;
     };
+    if debug && held.how != How::Same {
+        let list: Vec<String> = std::mem::take(&mut held.passed).iter().map(|p| p.to_string()).collect();
+        let over =
+            if list.is_empty() { String::new() } else { format!(", passing over this script's {}", list.join(", ")) };
+        log::rerror(r, sys::APLOG_DEBUG, 0, &format!("{name}: claimed slot {} ({:?}){over}", held.index, held.how));
+    }
     // SAFETY: the slot outlives `held`; after `held` drops (the slot is
     // released) it is no longer touched.
     let s = &mut *(held.slot as *mut Slot);
+    let c = &mut *(held.ctl as *mut Ctl);
     // Wait for the worker to be ready (a fresh one starts in a millisecond).
     let ready = Instant::now() + claim_wait(seg);
-    // (The manager marks a reaped worker's slot before it clears its pid, so
-    // a slot that is IDLE under another pid than the replaced one has a
-    // live worker.)
+    // (The manager marks a reaped worker's slot before it clears its pid,
+    // and stores a new worker's pid once it is back from fork, waking this
+    // wait; so a slot that is IDLE under a pid other than the replaced one
+    // has a live worker, and the pid the dead-worker line names is its.)
     let replaced = held.replaced;
-    while s.state.load(Ordering::Acquire) != IDLE || (replaced != 0 && s.pid.load(Ordering::Acquire) == replaced) {
+    while s.state.load(Ordering::Acquire) != IDLE || {
+        let p = c.pid.load(Ordering::Acquire);
+        p <= 0 || p == replaced
+    } {
         let st = s.state.load(Ordering::Acquire);
         if Instant::now() >= ready {
             log::rerror(r, sys::APLOG_ERR, 0, &format!("{name}: the isolated worker did not start"));
@@ -217,13 +314,15 @@ pub unsafe fn run(
         transport::wait(&s.state, st, Some((Instant::now() + Duration::from_millis(50)).min(ready)));
     }
     // One request in SAMPLE measures the crossing cost (CPU time): which
-    // one, the slot's count says (the worker reads it alike).
-    let sample = transport::sampled(s.served.load(Ordering::Relaxed));
+    // one, the slot's count says, kept where the worker cannot write it
+    // (a script that wrote its slot's count had every request sampled);
+    // the worker gets a copy, to know one request ahead.
+    let served = c.served.load(Ordering::Relaxed);
+    let sample = transport::sampled(served);
     let cpu_call = if sample { transport::thread_cpu_ns() } else { 0 };
     let mut cpu_out = 0u64;
-    // Marked only now: a manager that starts the slot's new worker marks it
-    // fresh (0), and this worker is about to load this script.
-    s.script = key;
+    let file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
+    let (worker, may_load) = expect_load(c, key, &file);
     // The environment mod_cgi would give the process: Apache's variables,
     // written from the table as ap_create_environment would write them.
     sys::ap_add_common_vars(r);
@@ -258,7 +357,8 @@ pub unsafe fn run(
     s.head = head as u64;
     s.total = input_len as u64;
     s.has_body = u32::from(!input.is_null());
-    s.file = [ident.dev as i64, ident.ino as i64, ident.size, ident.mtime, ident.ctime];
+    s.file = file;
+    s.served = served;
     s.sample = u32::from(sample);
     s.phase.store(0, Ordering::Relaxed);
     let deadline = cfg.timeout.map(|t| Instant::now() + t);
@@ -268,9 +368,18 @@ pub unsafe fn run(
     // thread, for the request in `req`.
     let _active = Active::enter(reqp);
     // For the log line if it dies: by then the manager has cleared `pid`.
-    let wpid = s.pid.load(Ordering::Acquire);
-    if !transport::pass(&s.state, IDLE, TO_WORKER) {
-        return died(seg, s, reqp, &name, m, mslot, wpid, "died before the call");
+    let wpid = c.pid.load(Ordering::Acquire);
+    let handed = transport::pass(&s.state, IDLE, TO_WORKER);
+    if handed {
+        // Marked only once this worker has the request: the manager marks a
+        // slot fresh (0) before it forks the slot's next worker, so even if
+        // the worker died meanwhile and its successor took the request, this
+        // mark comes after the manager's.
+        c.script = key;
+    }
+    let w = Worker { seg, c, number: worker, pid: wpid };
+    if !handed {
+        return died(&w, s, reqp, &name, m, mslot, "died before the call");
     }
     loop {
         let st = transport::wait_change(&s.state, TO_WORKER, deadline);
@@ -279,18 +388,17 @@ pub unsafe fn run(
             TO_WORKER => {
                 // Past the deadline: the manager kills the worker, and the
                 // slot turns DEAD.
-                s.kill.store(1, Ordering::Release);
-                transport::ring(&seg.header().doorbell);
+                w.kill();
                 let t = cfg.timeout.unwrap_or_default();
                 let end = Instant::now() + Duration::from_secs(10);
                 while transport::wait_change(&s.state, TO_WORKER, Some(end)) == TO_WORKER && Instant::now() < end {}
-                count_fault(r, s, ident, cfg);
+                count_fault(r, &w, ident, cfg);
                 metrics::isolated_fault(mslot, CStr::from_ptr((*r).filename), 0, true);
-                return died(seg, s, reqp, &name, m, mslot, wpid, &format!("timed out after {} s", t.as_secs_f64()));
+                return died(&w, s, reqp, &name, m, mslot, &format!("timed out after {} s", t.as_secs_f64()));
             }
             _ => {
-                count_fault(r, s, ident, cfg);
-                return died(seg, s, reqp, &name, m, mslot, wpid, "crashed");
+                count_fault(r, &w, ident, cfg);
+                return died(&w, s, reqp, &name, m, mslot, "crashed");
             }
         }
         let out = (s.len as usize).min(DATA);
@@ -337,7 +445,11 @@ pub unsafe fn run(
             }
             transport::OP_LOADFAIL => {
                 let msg = String::from_utf8_lossy(&s.data[..out]).into_owned();
-                count_load(r, s, mslot, &name, true, msg.starts_with("initfunc"), false);
+                let loaded = took_load(r, &w, s.loaded, may_load, &name);
+                count_load(r, loaded, wpid, mslot, &name, true, msg.starts_with("initfunc"), false);
+                // Nothing of the script is loaded there now: the next
+                // request loads it again.
+                c.last_key.store(0, Ordering::Relaxed);
                 s.op = transport::OP_ACK;
                 transport::pass(&s.state, TO_SERVER, TO_WORKER);
                 drop(held);
@@ -347,7 +459,9 @@ pub unsafe fn run(
             }
             transport::OP_DONE => {
                 m.isolated_done();
-                if sample && s.loaded == 0 {
+                c.served.store(served.wrapping_add(1), Ordering::Relaxed);
+                let loaded = took_load(r, &w, s.loaded, may_load, &name);
+                if sample && loaded == 0 {
                     let now = transport::thread_cpu_ns();
                     let server = (now - cpu_call).saturating_sub(cpu_out + (now - c_o));
                     *cross = Some(super::decide::crossing_cost(server, s.worker_cpu_ns));
@@ -362,11 +476,25 @@ pub unsafe fn run(
                     metrics::isolated_exit(mslot);
                 }
                 let rc = s.rc;
-                let pid = s.pid.load(Ordering::Relaxed);
+                // Read now: a worker that went IDLE the moment it was forked
+                // may have been handed the call before the manager wrote it.
+                let pid = c.pid.load(Ordering::Relaxed);
                 let bad = matches!((*reqp).phase, Phase::Headers | Phase::BadHeaders);
-                count_load(r, s, mslot, &name, false, false, bad);
+                count_load(r, loaded, pid, mslot, &name, false, false, bad);
+                if bad {
+                    c.last_key.store(0, Ordering::Relaxed);
+                }
                 let how = if s.arg == crate::guard::EXITED { "called exit" } else { "returned" };
                 log::rlog!(r, APLOG_DEBUG, "{name}: processfunc {how} {rc} in isolated worker {pid}");
+                if debug && w.c.script != key {
+                    let (i, other) = (held.index, w.c.script);
+                    log::rerror(
+                        r,
+                        sys::APLOG_DEBUG,
+                        0,
+                        &format!("{name}: slot {i} of worker {pid} marked {other:#x} after the call, not this script"),
+                    );
+                }
                 // Bad output unloads the script, as in process: the worker
                 // reads the answer when it next looks at the slot.  IDLE
                 // without a wake-up (the worker does not wait for it; the
@@ -379,14 +507,13 @@ pub unsafe fn run(
                 return finish(&mut *reqp, rc, &name);
             }
             _ => {
-                s.kill.store(1, Ordering::Release);
-                transport::ring(&seg.header().doorbell);
-                return died(seg, s, reqp, &name, m, mslot, wpid, "broke the protocol");
+                w.kill();
+                return died(&w, s, reqp, &name, m, mslot, "broke the protocol");
             }
         }
         if !transport::pass(&s.state, TO_SERVER, TO_WORKER) {
-            count_fault(r, s, ident, cfg);
-            return died(seg, s, reqp, &name, m, mslot, wpid, "crashed");
+            count_fault(r, &w, ident, cfg);
+            return died(&w, s, reqp, &name, m, mslot, "crashed");
         }
     }
 }
@@ -544,26 +671,93 @@ impl Vars {
     }
 }
 
-/// The loads, reloads and unloads the worker reported (Slot::loaded) and
-/// the unload after bad output (`unload`), in the metrics and the debug
-/// log as in process (the worker writes neither).
+/// The worker of a call as the server knows it (Ctl, not the slot).
+struct Worker<'a> {
+    seg: &'a Segment,
+    c: &'a Ctl,
+    /// Its number in the slot (Ctl::spawned) and its pid, when the call
+    /// was handed over.
+    number: u32,
+    pid: i32,
+}
+
+impl Worker<'_> {
+    /// The manager kills it.
+    fn kill(&self) {
+        self.c.kill.store(1, Ordering::Release);
+        transport::ring(&self.seg.header().doorbell);
+    }
+
+    /// How it ended, by the manager's word (waitpid, or MANAGER_DIED);
+    /// None while the manager has not reaped it.
+    fn ended(&self) -> Option<i32> {
+        (self.c.died_of.load(Ordering::Acquire) == self.number).then(|| self.c.died.load(Ordering::Relaxed))
+    }
+}
+
+/// Before the hand-over: the worker's number and which `Slot::loaded` bits
+/// the call may report.  A load is possible only in a worker that has not
+/// run this script since its last load (a new worker, or the script gone
+/// since: a failed load, an unload after bad output), and a reload only
+/// when the file the server names differs from last time; otherwise the
+/// bits are the script's own writing and would count a load per request.
+/// The memory is the slot's Ctl entry, the owner's alone: plain loads,
+/// stores only when something changed.
+fn expect_load(c: &Ctl, key: u64, file: &[i64; 5]) -> (u32, u32) {
+    let worker = c.spawned.load(Ordering::Acquire);
+    let fresh = c.last_worker.load(Ordering::Relaxed) != worker || c.last_key.load(Ordering::Relaxed) != key;
+    let changed = fresh || c.last_file.iter().zip(file).any(|(a, &b)| a.load(Ordering::Relaxed) != b);
+    if !changed {
+        return (worker, 0);
+    }
+    c.last_worker.store(worker, Ordering::Relaxed);
+    c.last_key.store(key, Ordering::Relaxed);
+    for (a, &b) in c.last_file.iter().zip(file) {
+        a.store(b, Ordering::Relaxed);
+    }
+    (worker, if fresh { transport::LOADED } else { transport::LOADED | transport::LOADED_REPLACED })
+}
+
+/// The `loaded` bits the worker reported, less those it could not have
+/// (`expect_load`): those are ignored, with one warning per worker.
+unsafe fn took_load(r: *mut sys::request_rec, w: &Worker, reported: u32, may: u32, name: &crate::handler::Name) -> u32 {
+    let forged = reported & !may;
+    if forged != 0 && w.c.forged_logged.swap(w.number, Ordering::Relaxed) != w.number {
+        log::rerror(
+            r,
+            sys::APLOG_WARNING,
+            0,
+            &format!(
+                "{name}: isolated worker {} reported a load it had no reason to make (loaded bits {forged:#x}); \
+                 ignored, as any further one of this worker",
+                w.c.pid.load(Ordering::Relaxed)
+            ),
+        );
+    }
+    reported & may
+}
+
+/// The loads, reloads and unloads of a call (`loaded`, as `took_load`
+/// bounded the worker's report) and the unload after bad output
+/// (`unload`), in the metrics and the debug log as in process (the worker
+/// writes neither).
 #[allow(clippy::too_many_arguments)]
 unsafe fn count_load(
     r: *mut sys::request_rec,
-    s: &Slot,
+    loaded: u32,
+    pid: i32,
     mslot: u32,
     name: &crate::handler::Name,
     failed: bool,
     init_failed: bool,
     unload: bool,
 ) {
-    let (loaded, replaced) = (s.loaded & transport::LOADED != 0, s.loaded & transport::LOADED_REPLACED != 0);
+    let (replaced, loaded) = (loaded & transport::LOADED_REPLACED != 0, loaded & transport::LOADED != 0);
     if !(loaded || replaced || unload) {
         return;
     }
     let path = CStr::from_ptr((*r).filename);
     metrics::isolated_load(mslot, path, loaded, replaced, failed, init_failed, unload);
-    let pid = s.pid.load(Ordering::Relaxed);
     if replaced {
         log::rlog!(r, APLOG_DEBUG, "{name}: file changed, loaded again in isolated worker {pid}");
     }
@@ -576,9 +770,10 @@ unsafe fn count_load(
 }
 
 /// A crash or timeout of the script itself (not the manager's death)
-/// counts towards its quarantine, as in process.
-unsafe fn count_fault(r: *mut sys::request_rec, s: &Slot, ident: crate::registry::FileIdent, cfg: &Settings) {
-    if s.died.load(Ordering::Acquire) != transport::MANAGER_DIED {
+/// counts towards its quarantine, as in process; so does a worker that
+/// marked its slot dead itself (the manager has no record of its end).
+unsafe fn count_fault(r: *mut sys::request_rec, w: &Worker, ident: crate::registry::FileIdent, cfg: &Settings) {
+    if w.ended() != Some(transport::MANAGER_DIED) {
         super::count_fault(r, ident, cfg);
     }
 }
@@ -588,19 +783,37 @@ unsafe fn count_fault(r: *mut sys::request_rec, s: &Slot, ident: crate::registry
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn died(
-    seg: &Segment,
+    w: &Worker,
     s: &mut Slot,
     req: *mut Request,
     name: &crate::handler::Name,
     m: &mut metrics::Req,
     mslot: u32,
-    wpid: i32,
     what: &str,
 ) -> c_int {
     let req = &mut *req;
     let r = req.r;
     m.isolated_done();
-    let st = s.died.load(Ordering::Acquire);
+    let (seg, wpid) = (w.seg, w.pid);
+    let Some(st) = w.ended() else {
+        // The slot left the protocol and the manager has no record of the
+        // worker's end: the worker wrote the slot's state itself (or
+        // outlived its kill).  Killed, and the slot EMPTY, which the
+        // manager refills once it has reaped it.
+        w.kill();
+        s.state.store(EMPTY, Ordering::Release);
+        let func = if s.phase.load(Ordering::Acquire) == 1 { "initfunc" } else { "processfunc" };
+        log::rerror(
+            r,
+            sys::APLOG_ERR,
+            0,
+            &format!(
+                "{name}: {func} {what} in its isolated worker (no end the manager saw: the worker wrote its slot's \
+                 state itself, or outlived its kill; killed); worker replaced; worker pid {wpid}"
+            ),
+        );
+        return end_died(req);
+    };
     if libc::WIFSIGNALED(st) && !what.starts_with("timed out") {
         metrics::isolated_fault(mslot, CStr::from_ptr((*r).filename), libc::WTERMSIG(st), false);
     }
@@ -611,9 +824,11 @@ unsafe fn died(
     };
     // Where, when the worker's fault handler had time to say (a synchronous
     // fault), as the in-process line says it; after the rest of the line,
-    // which stays as it was for whoever matches it.
+    // which stays as it was for whoever matches it.  The signal is the
+    // manager's (waitpid); the address only the worker's word, which its
+    // script could have written.
     let at = if libc::WIFSIGNALED(st) && s.fault_sig.load(Ordering::Acquire) == libc::WTERMSIG(st) {
-        format!("; the fault was at address {:#x}", s.fault_addr.load(Ordering::Relaxed))
+        format!("; the worker said the fault was at address {:#x}", s.fault_addr.load(Ordering::Relaxed))
     } else {
         String::new()
     };
@@ -626,6 +841,13 @@ unsafe fn died(
         format!("{name}: {func} {what} in its isolated worker ({how}); worker replaced{at}; worker pid {wpid}")
     };
     log::rerror(r, sys::APLOG_ERR, 0, &msg);
+    end_died(req)
+}
+
+/// The answer after a worker's death: 500, or the connection cut if
+/// output was sent.
+unsafe fn end_died(req: &mut Request) -> c_int {
+    let r = req.r;
     req.discard_body();
     if (*r).sent_bodyct == 0 {
         return HTTP_INTERNAL_SERVER_ERROR;

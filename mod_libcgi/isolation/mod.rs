@@ -62,7 +62,7 @@ use transport::{Ident, Segment, MAX_IDENTS};
 /// Workers (slots) the manager keeps unless `LibCGIIsolationWorkers` says.
 const DEFAULT_WORKERS: usize = 16;
 /// Each slot is 256 KiB of shared memory, zeroed (so touched) at start.
-const MAX_WORKERS: usize = 256;
+const MAX_WORKERS: usize = transport::MAX_SLOTS;
 /// How long a request waits for a free worker before its 503, by default.
 const DEFAULT_CLAIM_WAIT_MS: u32 = 10_000;
 
@@ -587,7 +587,7 @@ unsafe extern "C" fn post_config(
     h.policy.ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     h.policy.loglevel = sys::ap_get_server_module_loglevel(s, log::module_index());
     for i in 0..workers {
-        (*seg.slot(i)).want = def;
+        (*seg.ctl(i)).want = def;
     }
     let m = sys::apr_palloc(pconf, std::mem::size_of::<Manager>()) as *mut Manager;
     m.write(Manager { proc_: std::mem::zeroed(), seg, pconf, s, registered: false });

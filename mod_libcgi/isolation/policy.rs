@@ -312,19 +312,19 @@ impl Evaluator {
         for i in 0..seg.nslots() {
             // SAFETY: slots live as long as the segment; `owner` decides who
             // may touch the rest of a slot.
-            let s = unsafe { &mut *seg.slot(i) };
-            if s.owner.load(Ordering::Acquire) != 0 || s.script == 0 {
+            let (s, c) = unsafe { (&*seg.slot(i), &*seg.ctl(i)) };
+            if c.owner.load(Ordering::Acquire) != 0 || c.script == 0 {
                 continue;
             }
-            let promoted = t.find_key(s.script).is_some_and(|e| e.hot.domain.load(Ordering::Relaxed) == INPROCESS);
-            let pid = s.pid.load(Ordering::Acquire);
+            let promoted = t.find_key(c.script).is_some_and(|e| e.hot.domain.load(Ordering::Relaxed) == INPROCESS);
+            let pid = c.pid.load(Ordering::Acquire);
             if !promoted || pid <= 0 || s.state.load(Ordering::Acquire) != transport::IDLE {
                 continue;
             }
-            if s.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if c.owner.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
-            s.owner_pid.store(me, Ordering::Release);
+            c.owner_pid.store(me, Ordering::Release);
             // SAFETY: signals our own child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }

@@ -51,6 +51,11 @@ impl Relay {
         Relay { me, pid: 0, ctl: -1, pipes: vec![(-1, false); nslots], stopping: false, next_start: Instant::now() }
     }
 
+    /// The relay running (0: none), which is no orphan of a script's.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// The stderr of the worker about to be forked into slot `i`: the write
     /// end of a new pipe, or -1 (then it gets /dev/null).
     ///

@@ -5,7 +5,7 @@
 //! (stop, graceful restart) or when the Apache parent dies (PDEATHSIG).
 
 use super::relay::Relay;
-use super::transport::{self, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
+use super::transport::{self, Ctl, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use super::worker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -80,6 +80,11 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
     die_with_parent(parent);
     scrub_process(true);
     libc::setsid();
+    // A process a script forks outlives its worker (PDEATHSIG is not
+    // inherited) and keeps the worker's slot mapped, where the next worker
+    // of the slot, maybe another script's, gets its requests: orphaned, it
+    // comes to the manager, which kills it (`kill_orphans`).
+    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
     DOORBELL = &seg.header().doorbell;
     libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
     libc::signal(libc::SIGCHLD, on_chld as *const () as libc::sighandler_t);
@@ -96,8 +101,11 @@ pub unsafe fn start(seg: &'static Segment) -> libc::pid_t {
 /// A slot's worker is gone (reaped, or its manager died): an idle slot is
 /// simply refilled, one in a request is marked dead for the server thread
 /// that waits on it.  The state first, then the pid: a server thread that
-/// sees the pid gone must not still see the dead worker's IDLE.
-fn worker_gone(s: &Slot) {
+/// sees the pid gone must not still see the dead worker's IDLE.  `status`:
+/// how it ended, recorded for the server thread before the slot turns DEAD.
+fn worker_gone(s: &Slot, c: &Ctl, status: i32) {
+    c.died.store(status, Ordering::Relaxed);
+    c.died_of.store(c.spawned.load(Ordering::Relaxed), Ordering::Release);
     loop {
         let cur = s.state.load(Ordering::Acquire);
         let to = match cur {
@@ -109,23 +117,25 @@ fn worker_gone(s: &Slot) {
             break;
         }
     }
-    s.pid.store(0, Ordering::Release);
+    c.pid.store(0, Ordering::Release);
 }
 
 /// # Safety
 /// `seg` is the live segment.
 pub unsafe fn orphaned(seg: &Segment) {
     for i in 0..seg.nslots() {
-        let s = &mut *seg.slot(i);
-        s.died.store(transport::MANAGER_DIED, Ordering::Release);
-        s.kill.store(0, Ordering::Release);
-        worker_gone(s);
+        let c = &*seg.ctl(i);
+        c.kill.store(0, Ordering::Release);
+        worker_gone(&*seg.slot(i), c, transport::MANAGER_DIED);
     }
     transport::ring(&seg.header().released);
 }
 
-unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<&'static mut Slot> {
-    (0..seg.nslots()).map(|i| &mut *seg.slot(i)).find(|s| s.pid.load(Ordering::Acquire) == pid)
+/// The slot of a worker the manager started (Ctl::pid, which no worker
+/// can write: a worker's own `pid` could name any process, and the
+/// manager's kill would reach it).
+unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<usize> {
+    (0..seg.nslots()).find(|&i| (*seg.ctl(i)).pid.load(Ordering::Acquire) == pid)
 }
 
 /// A line in the main error log (the manager's stderr is it), in Apache's
@@ -170,6 +180,36 @@ fn how_it_ended(st: libc::c_int) -> String {
     }
 }
 
+/// Kills every child of the manager's that is neither a worker nor the
+/// stderr relay: what a script forked, orphaned when its worker died (the
+/// manager is their subreaper), before the slot gets its next worker.
+unsafe fn kill_orphans(seg: &Segment, me: libc::pid_t, relay: libc::pid_t) {
+    let kids = match std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) {
+        Ok(k) => k.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()).collect(),
+        Err(_) => children_by_scan(me),
+    };
+    for p in kids {
+        if p != relay && slot_of(seg, p).is_none() {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+}
+
+/// The children of `me` from every process's stat (a kernel without
+/// /proc/<pid>/task/<tid>/children).
+fn children_by_scan(me: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|st| {
+                // After the command name in parentheses: state, ppid.
+                st.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()) == Some(me)
+            })
+        })
+        .collect()
+}
+
 unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
@@ -185,7 +225,7 @@ unsafe fn run(seg: &'static Segment) {
             // still in a request (or stuck) is killed after a grace period.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
                 for i in 0..seg.nslots() {
-                    let p = (*seg.slot(i)).pid.load(Ordering::Acquire);
+                    let p = (*seg.ctl(i)).pid.load(Ordering::Acquire);
                     if p > 0 {
                         libc::kill(p, sig);
                     }
@@ -197,8 +237,8 @@ unsafe fn run(seg: &'static Segment) {
                         return;
                     }
                     if p > 0 {
-                        if let Some(s) = slot_of(seg, p) {
-                            s.pid.store(0, Ordering::Release);
+                        if let Some(i) = slot_of(seg, p) {
+                            (*seg.ctl(i)).pid.store(0, Ordering::Release);
                         }
                         continue;
                     }
@@ -208,18 +248,22 @@ unsafe fn run(seg: &'static Segment) {
                     libc::usleep(5_000);
                 }
             }
+            // What scripts forked and left (the relay ends once they, the
+            // last holders of its pipe, are gone).
+            kill_orphans(seg, me, relay.pid());
             while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
             return;
         }
+        let mut reaped = false;
         loop {
             let mut st = 0;
             let p = libc::waitpid(-1, &mut st, libc::WNOHANG);
             if p <= 0 {
                 break;
             }
-            if let Some(s) = slot_of(seg, p) {
-                s.died.store(st, Ordering::Release);
-                worker_gone(s);
+            if let Some(i) = slot_of(seg, p) {
+                worker_gone(&*seg.slot(i), &*seg.ctl(i), st);
+                reaped = true;
             } else if relay.reaped(p) {
                 // Only the manager's stop ends it normally: it was killed.
                 let why = how_it_ended(st);
@@ -231,36 +275,40 @@ unsafe fn run(seg: &'static Segment) {
                 );
             }
         }
+        if reaped {
+            kill_orphans(seg, me, relay.pid());
+        }
         relay.start();
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);
+            let c = &mut *seg.ctl(i);
             // A server process that died holding the slot: nobody will
             // answer its worker or free the slot.
-            let op = s.owner_pid.load(Ordering::Acquire);
-            if s.owner.load(Ordering::Acquire) != 0
+            let op = c.owner_pid.load(Ordering::Acquire);
+            if c.owner.load(Ordering::Acquire) != 0
                 && op > 0
                 && libc::kill(op, 0) != 0
                 && *libc::__errno_location() == libc::ESRCH
             {
-                s.owner_pid.store(0, Ordering::Release);
-                s.kill.store(1, Ordering::Release);
-                s.owner.store(0, Ordering::Release);
+                c.owner_pid.store(0, Ordering::Release);
+                c.kill.store(1, Ordering::Release);
+                c.owner.store(0, Ordering::Release);
             }
-            if s.owner.load(Ordering::Acquire) == 0 {
+            if c.owner.load(Ordering::Acquire) == 0 {
                 let _ = s.state.compare_exchange(DEAD, EMPTY, Ordering::AcqRel, Ordering::Acquire);
             }
-            let p = s.pid.load(Ordering::Acquire);
-            if s.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
+            let p = c.pid.load(Ordering::Acquire);
+            if c.kill.swap(0, Ordering::AcqRel) != 0 && p > 0 {
                 libc::kill(p, libc::SIGKILL);
             }
             if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
-                spawn(seg, s, i, me, &mut relay);
+                spawn(seg, i, me, &mut relay);
             }
             // A worker the policy retired (its script went in process) has
             // been replaced: the slot is free for server threads again.
-            if s.owner_pid.load(Ordering::Acquire) == me && s.script == 0 && s.pid.load(Ordering::Acquire) > 0 {
-                s.owner_pid.store(0, Ordering::Release);
-                s.owner.store(0, Ordering::Release);
+            if c.owner_pid.load(Ordering::Acquire) == me && c.script == 0 && c.pid.load(Ordering::Acquire) > 0 {
+                c.owner_pid.store(0, Ordering::Release);
+                c.owner.store(0, Ordering::Release);
                 transport::ring(&h.released);
             }
         }
@@ -276,21 +324,23 @@ unsafe fn run(seg: &'static Segment) {
     }
 }
 
-unsafe fn spawn(seg: &'static Segment, s: &mut Slot, i: usize, me: libc::pid_t, relay: &mut Relay) {
+unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t, relay: &mut Relay) {
     let h = seg.header();
+    let (s, c) = (&mut *seg.slot(i), &mut *seg.ctl(i));
     // Only an identity the configuration named: a server process that was
     // taken over cannot ask for root workers.
-    let want = s.want;
+    let want = c.want;
     let ok = h.idents[..h.nidents as usize].iter().any(|i| i.uid == want.uid && i.gid == want.gid);
     let ident = if ok { want } else { h.idents[0] };
-    // Before the fork, not after: the new worker turns its slot IDLE at
-    // once, and the server thread waiting for it then marks the script it
-    // brings (client.rs), which a "fresh" written here after the fork
-    // would erase (the next request for that script would load it in
-    // another worker, or another script would be sent to this one).
-    // Nothing reads them while the pid is 0.
-    s.have = ident;
-    s.script = 0;
+    // Numbered and marked before the fork: the worker's IDLE, which a
+    // server thread waits for, comes after it.  Marked fresh only here: a
+    // server thread goes on once the new pid is stored below and marks the
+    // slot with its script; marked after the fork, a manager descheduled
+    // between fork and these stores re-marked as fresh a worker that had
+    // already run a script, and the next script was given it.
+    c.spawned.store(c.spawned.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+    c.have = ident;
+    c.script = 0;
     let err = relay.pipe_for(i);
     let pid = libc::fork();
     if pid == 0 {
@@ -301,7 +351,14 @@ unsafe fn spawn(seg: &'static Segment, s: &mut Slot, i: usize, me: libc::pid_t, 
         worker::run(seg, s as *mut Slot, ident);
     }
     if pid > 0 {
-        s.pid.store(pid, Ordering::Release);
+        s.pid.store(pid, Ordering::Relaxed);
+        c.pid.store(pid, Ordering::Release);
+        // A server thread that saw the worker IDLE before this store waits
+        // for the pid on the state word (client::run): the wake lets it go
+        // on now rather than at its 50 ms re-check.
+        transport::wake(&s.state);
     }
+    // After the slot's stores: the hand-over (close, sendmsg) is no reason
+    // for a server thread to wait.
     relay.forked(i, err, pid > 0);
 }

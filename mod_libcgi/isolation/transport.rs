@@ -8,7 +8,7 @@
 //! from the state its writer expects, so the manager can mark a slot DEAD
 //! (its worker died) at any moment and whichever side waits sees it.
 
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bytes of one message: the request's environment and the first part of
@@ -84,6 +84,61 @@ pub struct Header {
     pub idents: [Ident; MAX_IDENTS],
     /// The adaptive policy's script table (workers do not map it).
     pub policy: super::policy::Table,
+    /// Per slot, what steers the server threads and the manager.
+    pub ctl: [Ctl; MAX_SLOTS],
+}
+
+/// Most slots (LibCGIIsolationWorkers).
+pub const MAX_SLOTS: usize = 256;
+
+/// What the server threads and the manager know of a slot, kept apart from
+/// it: in the header, which a worker unmaps with everything but its own
+/// slot (worker.rs `run`).  A worker, and so the script it runs, can write
+/// every byte of its slot; a field there that the server or the manager
+/// acted on was the script's to set (a `pid` the manager, root, would
+/// SIGKILL; a `kill` it would clear to outlive its deadline; a `script`
+/// or `have` that got it another script's requests; a `died` that read
+/// as the manager's death and escaped quarantine; `loaded` and `served`,
+/// loads and samples the server counted).  Each entry on its own cache
+/// lines: the owner of one slot writes its entry on every request.
+#[repr(C, align(64))]
+pub struct Ctl {
+    /// 0 free, 1 held by a server thread for one request (or by the
+    /// manager, retiring the worker).
+    pub owner: AtomicU32,
+    /// The server process of that thread: if it dies mid-request, the
+    /// manager takes the slot back (kills the worker, frees the slot).
+    pub owner_pid: AtomicI32,
+    /// The slot's worker, 0 for none (the manager's word).
+    pub pid: AtomicI32,
+    /// Set by a server thread: the manager kills this worker.
+    pub kill: AtomicU32,
+    /// How the last worker of this slot ended (waitpid status, or
+    /// MANAGER_DIED), and which of the slot's workers that was (`spawned`
+    /// when it was started): a DEAD slot whose worker has no such record
+    /// was marked so by the worker itself.
+    pub died: AtomicI32,
+    pub died_of: AtomicU32,
+    /// Workers the manager has started in this slot so far: the number of
+    /// the current one.
+    pub spawned: AtomicU32,
+    pub want: Ident,
+    pub have: Ident,
+    /// The one script this worker has run (a hash of its path), 0 for a
+    /// fresh worker: a worker never serves two scripts, so a script that
+    /// corrupts its worker's memory corrupts only itself.
+    pub script: u64,
+    /// The server side's memory of the slot, written by its owner only
+    /// (`owner` orders one owner's stores before the next one's loads).
+    /// Requests the slot's workers answered (OP_DONE): the sampling count.
+    pub served: AtomicU64,
+    /// The worker (`spawned`), script key and file identity of the slot's
+    /// last request: a load is possible only when one of them changed.
+    pub last_worker: AtomicU32,
+    pub last_key: AtomicU64,
+    pub last_file: [AtomicI64; 5],
+    /// The current worker (`spawned`) was logged for a forged load.
+    pub forged_logged: AtomicU32,
 }
 
 /// Slot::loaded bits.
@@ -93,22 +148,9 @@ pub const LOADED_REPLACED: u32 = 2;
 #[repr(C, align(4096))]
 pub struct Slot {
     pub state: AtomicU32,
-    /// 0 free, 1 held by a server thread for one request.
-    pub owner: AtomicU32,
-    /// The server process of that thread: if it dies mid-request, the
-    /// manager takes the slot back (kills the worker, frees the slot).
-    pub owner_pid: AtomicI32,
+    /// The worker's pid, for the worker's own side (tests/scripts/forge.c
+    /// finds its slot by it); the server and the manager read Ctl::pid.
     pub pid: AtomicI32,
-    /// Set by a server thread: the manager kills this worker.
-    pub kill: AtomicU32,
-    /// How the last worker of this slot ended (waitpid status).
-    pub died: AtomicI32,
-    pub want: Ident,
-    pub have: Ident,
-    /// The one script this worker has run (a hash of its path), 0 for a
-    /// fresh worker: a worker never serves two scripts, so a script that
-    /// corrupts its worker's memory corrupts only itself.
-    pub script: u64,
     pub op: u32,
     pub arg: i32,
     pub rc: i32,
@@ -122,11 +164,15 @@ pub struct Slot {
     pub has_body: u32,
     /// OP_REQ: the identity of the script file (dev, ino, size, mtime, ctime).
     pub file: [i64; 5],
-    pub served: AtomicU64,
+    /// OP_REQ: the slot's count of answered requests (Ctl::served), from
+    /// which the worker knows whether the next request is sampled
+    /// (`sampled`).  Only the worker reads it.
+    pub served: u64,
     /// OP_DONE, OP_LOADFAIL: LOADED, the worker loaded the script for
     /// this request; LOADED_REPLACED, it dropped the version it had first
     /// (the file was replaced).  For the metrics and the debug log, which
-    /// only the server writes.
+    /// only the server writes; taken only when a load was possible
+    /// (client.rs `may_load`).
     pub loaded: u32,
     /// What the worker is running, for the message if it dies: 1 initfunc,
     /// 2 processfunc.
@@ -148,11 +194,13 @@ pub struct Slot {
     pub data: [u8; DATA],
 }
 
-// tests/scripts/forge.c, the hostile script of tests/adaptive.rs, finds its
-// worker's slot by `pid` and forges `worker_cpu_ns` at these offsets: a
-// layout change must move them there too.
-const _: () = assert!(std::mem::offset_of!(Slot, pid) == 12);
-const _: () = assert!(std::mem::offset_of!(Slot, worker_cpu_ns) == 208);
+// tests/scripts/forge.c, the hostile script of tests/adaptive.rs and
+// tests/forge.rs, finds its worker's slot by `pid` and forges these fields
+// at these offsets: a layout change must move them there too.
+const _: () = assert!(std::mem::offset_of!(Slot, pid) == 4);
+const _: () = assert!(std::mem::offset_of!(Slot, served) == 96);
+const _: () = assert!(std::mem::offset_of!(Slot, loaded) == 104);
+const _: () = assert!(std::mem::offset_of!(Slot, worker_cpu_ns) == 120);
 
 pub struct Segment {
     /// The header, page-aligned (the slots' layout and the worker's unmap
@@ -188,6 +236,11 @@ impl Segment {
     }
     pub fn header_mut(&self) -> *mut Header {
         self.base as *mut Header
+    }
+    /// What the server side keeps of slot `i` (i < nslots).
+    pub fn ctl(&self, i: usize) -> *mut Ctl {
+        // SAFETY: the header is mapped; i < nslots <= MAX_SLOTS.
+        unsafe { std::ptr::addr_of_mut!((*self.header_mut()).ctl[i]) }
     }
     pub fn slot(&self, i: usize) -> *mut Slot {
         // SAFETY: i < nslots (callers iterate over the header's count).

@@ -327,7 +327,11 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();
-    // Ready: the server thread that waits for this slot may go on.
+    // Ready: the server thread that waits for this slot may go on once the
+    // manager has stored this worker's pid in its Ctl entry (which only the
+    // manager writes).  The slot's own copy is for this side (and forge.c),
+    // set here since the manager may still be on its way back from fork.
+    s.pid.store(libc::getpid(), Ordering::Release);
     transport::pass(&s.state, transport::EMPTY, IDLE);
     let mut sa: libc::sigaction = std::mem::zeroed();
     sa.sa_sigaction = on_term as *const () as usize;
@@ -541,8 +545,9 @@ unsafe fn serve(s: &mut Slot, scripts: &mut HashMap<Vec<u8>, Loaded>, b: &mut Bu
     let rt_cpu = c.rt_cpu;
     let sl = c.slot();
     sl.rc = rc;
-    let served = sl.served.fetch_add(1, Ordering::Relaxed);
-    let next_sampled = transport::sampled(served + 1);
+    // The server's count (it keeps its own: a count here was the script's
+    // to write), which it raises at this OP_DONE.
+    let next_sampled = transport::sampled(sl.served.wrapping_add(1));
     let end = if sample || next_sampled { transport::thread_cpu_ns() } else { 0 };
     let last = if sample { LAST_END.swap(0, Ordering::Relaxed) } else { 0 };
     if next_sampled {
