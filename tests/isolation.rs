@@ -589,11 +589,130 @@ fn stderr_reaches_the_log(mpm: Mpm) {
     let pid = r.text().strip_prefix("pid=").unwrap_or_default().to_string();
     assert!(!pid.is_empty(), "{}", r.text());
     a.wait_log("the script's stderr", |l| l.contains(&format!("iso stderr from {pid}")));
+    // A line without its end (the worker lives on, its pipe does not end)
+    // is not held back for good.
+    let r = get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=unended&nonl=1");
+    assert_eq!(r.text(), format!("pid={pid}"));
+    a.wait_log("the unended line", |l| l.contains(&format!("iso stderr from {pid} unended")));
     let relay = wait_for("the stderr relay", Duration::from_secs(10), || {
         kids(manager(&a)).into_iter().find(|(_, n)| n == "libcgi-stderr").map(|x| x.0)
     });
     a.stop();
     wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(relay)).then_some(()));
+}
+
+/// The stderr relay of manager `m` other than `not` (bounded wait).
+fn relay_of(m: u32, not: u32) -> u32 {
+    wait_for("a stderr relay", Duration::from_secs(10), || {
+        kids(m).into_iter().find(|(p, n)| n == "libcgi-stderr" && *p != not).map(|x| x.0)
+    })
+}
+
+/// The relay killed (kill -9): a script writing its stderr meanwhile
+/// neither dies (SIGPIPE) nor loses its request, a new relay appears and
+/// takes over, what was written in between and after reaches the log, one
+/// line says the relay was replaced, and the new relay goes away with its
+/// manager at a graceful restart, as the next generation's does at stop.
+fn stderr_relay_respawned(mpm: Mpm) {
+    let mut a = server(mpm, "");
+    let m = manager(&a);
+    let w = pid_of(&get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=before").text());
+    a.wait_log("the first line", |l| l.contains(&format!("iso stderr from {w} before\n")));
+    let r1 = relay_of(m, 0);
+    // SAFETY: signalling a process of the server this test started.
+    unsafe { libc::kill(r1 as i32, libc::SIGKILL) };
+    wait_for("the relay dead", Duration::from_secs(10), || (!alive(r1)).then_some(()));
+    for tag in ["gap", "after"] {
+        let r = get_ok(&a, &format!("/libcgi-bin/iso.so?mode=stderr&tag={tag}"));
+        assert_eq!(r.text(), format!("pid={w}"), "{tag}: the worker changed\n{}", a.error_log());
+    }
+    let r2 = relay_of(m, r1);
+    let r = get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=later");
+    assert_eq!(r.text(), format!("pid={w}"), "{}", a.error_log());
+    let log = a.wait_log("every line after the kill", |l| {
+        ["gap", "after", "later"].iter().all(|t| l.contains(&format!("iso stderr from {w} {t}\n")))
+    });
+    assert!(alive(w), "the worker {w} died:\n{log}");
+    assert!(!log.contains("worker replaced"), "{log}");
+    assert!(
+        log.contains(&format!("stderr relay of the isolated workers (pid {r1}) ended (signal 9); starting another")),
+        "{log}"
+    );
+    a.graceful();
+    wait_for("the old manager, its worker and its new relay gone", Duration::from_secs(15), || {
+        (!alive(m) && !alive(w) && !alive(r2)).then_some(())
+    });
+    let m2 = manager(&a);
+    let w2 = pid_of(&get_ok(&a, "/libcgi-bin/iso.so?mode=stderr&tag=next").text());
+    a.wait_log("the next generation's line", |l| l.contains(&format!("iso stderr from {w2} next\n")));
+    let r3 = relay_of(m2, 0);
+    a.stop();
+    wait_for("the relay gone with the server", Duration::from_secs(10), || (!alive(r3)).then_some(()));
+}
+
+/// Two workers write lines of 16 KiB (four times PIPE_BUF, each line one
+/// write) to their stderr at the same time: every line reaches the log
+/// whole, none cut by the other's.
+fn long_stderr_lines_whole(mpm: Mpm) {
+    const LINES: usize = 64;
+    const LEN: usize = 16384;
+    // Prefork: a server process for each of the two requests.
+    let mut c = Config::new(mpm);
+    c.servers = 2;
+    let a = Arc::new(server_in(c, ""));
+    let sync = a.dir.join("long.sync");
+    fs::write(&sync, "").unwrap();
+    fs::set_permissions(&sync, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let clients: Vec<_> = ['P', 'Q']
+        .into_iter()
+        .map(|c| {
+            let a = a.clone();
+            let path = format!("/libcgi-bin/iso.so?mode=long&sync={}&n={LINES}&len={LEN}&fill={c}", sync.display());
+            std::thread::spawn(move || (c, pid_of(&get_ok(&a, &path).text())))
+        })
+        .collect();
+    let who: Vec<(char, u32)> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_ne!(who[0].1, who[1].1, "one worker served both: {who:?}");
+    let want: Vec<String> = who
+        .iter()
+        .flat_map(|&(c, p)| (0..LINES).map(move |k| format!("iso long {p} {k} {}", c.to_string().repeat(LEN))))
+        .collect();
+    let missing = |log: &str| {
+        let have: std::collections::HashSet<&str> = log.lines().collect();
+        want.iter().filter(|l| !have.contains(l.as_str())).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = a.error_log();
+    while missing(&log) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        log = a.error_log();
+    }
+    let broken: Vec<String> = log
+        .lines()
+        .filter(|l| {
+            (l.contains("iso long") || l.contains("PPPP") || l.contains("QQQQ")) && !want.iter().any(|w| w == l)
+        })
+        .map(|l| format!("{} bytes: {}...", l.len(), &l[..l.len().min(60)]))
+        .collect();
+    assert_eq!(
+        missing(&log),
+        0,
+        "{} of {} lines not whole in the log; broken lines: {broken:#?}",
+        missing(&log),
+        want.len()
+    );
+}
+
+/// A write to a pipe whose reader is gone fails with EPIPE in a worker, as
+/// in a server process (the MPMs ignore SIGPIPE): it ends neither the
+/// worker nor its request.  In process the same probe is the control.
+fn sigpipe_ignored_as_in_process(mpm: Mpm) {
+    let a = server(mpm, "");
+    build_script(&a.dir.join("setbin"), "probe", "iso", &[]);
+    assert_eq!(get_ok(&a, "/sethandler/probe?mode=epipe").text(), "EPIPE", "in process");
+    let w = pid_of(&get_ok(&a, "/libcgi-bin/iso.so").text());
+    assert_eq!(get_ok(&a, "/libcgi-bin/iso.so?mode=epipe").text(), "EPIPE", "isolated");
+    assert_eq!(pid_of(&get_ok(&a, "/libcgi-bin/iso.so").text()), w, "the worker changed\n{}", a.error_log());
 }
 
 /// strace attached to the isolation manager `pid`, holding each of the
@@ -698,6 +817,9 @@ per_mpm!(
     after_a_fault_the_script_keeps_its_new_worker,
     one_script_per_worker_when_the_manager_is_slow,
     stderr_reaches_the_log,
+    sigpipe_ignored_as_in_process,
+    long_stderr_lines_whole,
+    stderr_relay_respawned,
     environment_as_apache_makes_it,
     manager_respawned_under_load,
     more_scripts_than_workers,

@@ -184,12 +184,21 @@ fn looping_terminatefunc(timeout: &str) {
 
 /// Stop (SIGTERM) and hard restart (SIGHUP) with the script loaded in
 /// isolation workers: each worker runs the terminatefunc of the script it
-/// holds, once, none is left behind, and no one waits for the parent's
-/// escalation.
-fn isolated_stop(sig: i32, what: &str) {
+/// holds, once, none is left behind (nor the stderr relay, the first one or,
+/// with `new_relay`, one the manager started after a kill -9 of the first),
+/// and no one waits for the parent's escalation.
+fn isolated_stop(sig: i32, what: &str, new_relay: bool) {
     let (mut a, mark) = server_in(what, "<Files \"fault.so\">\n    LibCGIIsolation process\n</Files>\n", &[]);
     for _ in 0..3 {
         assert_eq!(a.get("/libcgi-bin/fault.so").status, 200, "{}", a.error_log());
+    }
+    let mut relay = wait_for("the stderr relay", Duration::from_secs(10), || isolation_relays(&a).pop());
+    if new_relay {
+        // SAFETY: signalling a process of the server this test started.
+        unsafe { libc::kill(relay as i32, libc::SIGKILL) };
+        relay = wait_for("another relay", Duration::from_secs(10), || {
+            isolation_relays(&a).into_iter().find(|&p| p != relay)
+        });
     }
     let workers = isolation_workers(&a);
     let mut init = marks(&mark, "init ");
@@ -199,7 +208,7 @@ fn isolated_stop(sig: i32, what: &str) {
         "initfunc ran in {init:?}, not in the workers {workers:?}"
     );
     assert!(init.iter().all(|p| !a.children().contains(p)), "initfunc ran in a server child: {init:?}");
-    let old: Vec<u32> = workers.iter().copied().chain(a.children()).collect();
+    let old: Vec<u32> = workers.iter().copied().chain(a.children()).chain([relay]).collect();
     let took = signal_and_wait(&mut a, sig, &old);
     check_terms(&a, &mark, &old, took, what, &init);
     if sig == libc::SIGHUP {
@@ -211,12 +220,22 @@ fn isolated_stop(sig: i32, what: &str) {
 
 #[test]
 fn stop_runs_terminatefunc_in_the_isolated_workers() {
-    isolated_stop(libc::SIGTERM, "stop (SIGTERM), isolated");
+    isolated_stop(libc::SIGTERM, "stop (SIGTERM), isolated", false);
 }
 
 #[test]
 fn hard_restart_runs_terminatefunc_in_the_isolated_workers() {
-    isolated_stop(libc::SIGHUP, "hard restart (SIGHUP), isolated");
+    isolated_stop(libc::SIGHUP, "hard restart (SIGHUP), isolated", false);
+}
+
+#[test]
+fn stop_with_a_respawned_stderr_relay() {
+    isolated_stop(libc::SIGTERM, "stop (SIGTERM), isolated, relay respawned", true);
+}
+
+#[test]
+fn hard_restart_with_a_respawned_stderr_relay() {
+    isolated_stop(libc::SIGHUP, "hard restart (SIGHUP), isolated, relay respawned", true);
 }
 
 /// Stops with an isolated worker that will not end: one inside an endless

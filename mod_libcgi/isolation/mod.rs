@@ -46,6 +46,7 @@ mod client;
 pub mod decide;
 pub use client::child_init as client_child_init;
 pub mod policy;
+mod relay;
 mod supervisor;
 mod transport;
 mod worker;

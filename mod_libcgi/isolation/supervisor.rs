@@ -4,6 +4,7 @@
 //! server thread gives up on, and takes them all down when it is told to go
 //! (stop, graceful restart) or when the Apache parent dies (PDEATHSIG).
 
+use super::relay::Relay;
 use super::transport::{self, Ctl, Segment, Slot, DEAD, EMPTY, IDLE, TO_SERVER, TO_WORKER};
 use super::worker;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,7 +141,12 @@ unsafe fn slot_of(seg: &Segment, pid: libc::pid_t) -> Option<usize> {
 /// A line in the main error log (the manager's stderr is it), in Apache's
 /// format, when LogLevel allows info for this module.
 fn info(t: &super::policy::Table, msg: &str) {
-    if t.loglevel < crate::sys::APLOG_INFO as i32 {
+    log_line(t, crate::sys::APLOG_INFO as i32, "info", msg);
+}
+
+/// As `info`, at `level` (named `name` in the line).
+fn log_line(t: &super::policy::Table, level: i32, name: &str, msg: &str) {
+    if t.loglevel < level {
         return;
     }
     // SAFETY: time, localtime_r and strftime write into the buffers given;
@@ -155,7 +161,7 @@ fn info(t: &super::policy::Table, msg: &str) {
         let mut y = [0u8; 8];
         let ny = libc::strftime(y.as_mut_ptr() as *mut libc::c_char, y.len(), c"%Y".as_ptr(), &tm);
         let line = format!(
-            "[{}.{:06} {}] [libcgi:info] [pid {}] mod_libcgi: {msg}\n",
+            "[{}.{:06} {}] [libcgi:{name}] [pid {}] mod_libcgi: {msg}\n",
             String::from_utf8_lossy(&b[..n]),
             tv.tv_usec,
             String::from_utf8_lossy(&y[..ny]),
@@ -165,66 +171,25 @@ fn info(t: &super::policy::Table, msg: &str) {
     }
 }
 
-/// The write end of the pipe to the stderr relay (-1: none): each worker's
-/// stderr.
-static mut STDERR_PIPE: libc::c_int = -1;
-/// The stderr relay's pid: the one child of the manager's that is no worker.
-static mut RELAY: libc::pid_t = 0;
-
-/// A script's stderr goes to the error log, as it does in process and
-/// under mod_cgid, but a worker holds no descriptor of the log itself (it
-/// could truncate it): its stderr is a pipe, and this process of the
-/// manager's copies what comes through it to the log (the manager's
-/// stderr).  A write of up to PIPE_BUF bytes is atomic, so the lines of
-/// concurrent workers do not interleave.  It ends when the last writer
-/// closes the pipe (the manager at its stop, then its workers) or with the
-/// manager (PDEATHSIG).  Returns the write end, or -1.
-unsafe fn start_stderr_relay(me: libc::pid_t) -> libc::c_int {
-    let mut fds = [0 as libc::c_int; 2];
-    if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-        return -1;
+/// What ended a child, for a log line.
+fn how_it_ended(st: libc::c_int) -> String {
+    if libc::WIFSIGNALED(st) {
+        format!("signal {}", libc::WTERMSIG(st))
+    } else {
+        format!("exit {}", libc::WEXITSTATUS(st))
     }
-    let pid = libc::fork();
-    if pid < 0 {
-        libc::close(fds[0]);
-        libc::close(fds[1]);
-        return -1;
-    }
-    if pid == 0 {
-        die_with_parent(me);
-        libc::close(fds[1]);
-        libc::prctl(libc::PR_SET_NAME, c"libcgi-stderr".as_ptr());
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = libc::read(fds[0], buf.as_mut_ptr() as *mut libc::c_void, buf.len());
-            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-                libc::_exit(0);
-            }
-            let mut at = 0;
-            while at < n.max(0) as usize {
-                let w = libc::write(2, buf[at..].as_ptr() as *const libc::c_void, n as usize - at);
-                if w <= 0 {
-                    break;
-                }
-                at += w as usize;
-            }
-        }
-    }
-    RELAY = pid;
-    libc::close(fds[0]);
-    fds[1]
 }
 
 /// Kills every child of the manager's that is neither a worker nor the
 /// stderr relay: what a script forked, orphaned when its worker died (the
 /// manager is their subreaper), before the slot gets its next worker.
-unsafe fn kill_orphans(seg: &Segment, me: libc::pid_t) {
+unsafe fn kill_orphans(seg: &Segment, me: libc::pid_t, relay: libc::pid_t) {
     let kids = match std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) {
         Ok(k) => k.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()).collect(),
         Err(_) => children_by_scan(me),
     };
     for p in kids {
-        if p != RELAY && slot_of(seg, p).is_none() {
+        if p != relay && slot_of(seg, p).is_none() {
             libc::kill(p, libc::SIGKILL);
         }
     }
@@ -249,15 +214,13 @@ unsafe fn run(seg: &'static Segment) {
     let me = libc::getpid();
     let h = seg.header();
     let mut eval = super::policy::Evaluator::new();
-    STDERR_PIPE = start_stderr_relay(me);
+    let mut relay = Relay::new(me, seg.nslots());
+    relay.start();
     loop {
         let seen = h.doorbell.load(Ordering::Acquire);
         if TERM.load(Ordering::SeqCst) {
-            // The relay ends once the workers (the other writers) are gone.
-            if STDERR_PIPE >= 0 {
-                libc::close(STDERR_PIPE);
-                STDERR_PIPE = -1;
-            }
+            // The relay ends once the workers (the writers) are gone.
+            relay.stop();
             // Idle workers run their scripts' terminatefunc and exit; one
             // still in a request (or stuck) is killed after a grace period.
             for sig in [libc::SIGTERM, libc::SIGKILL] {
@@ -287,7 +250,7 @@ unsafe fn run(seg: &'static Segment) {
             }
             // What scripts forked and left (the relay ends once they, the
             // last holders of its pipe, are gone).
-            kill_orphans(seg, me);
+            kill_orphans(seg, me, relay.pid());
             while libc::waitpid(-1, std::ptr::null_mut(), 0) > 0 {}
             return;
         }
@@ -301,11 +264,21 @@ unsafe fn run(seg: &'static Segment) {
             if let Some(i) = slot_of(seg, p) {
                 worker_gone(&*seg.slot(i), &*seg.ctl(i), st);
                 reaped = true;
+            } else if relay.reaped(p) {
+                // Only the manager's stop ends it normally: it was killed.
+                let why = how_it_ended(st);
+                log_line(
+                    &h.policy,
+                    crate::sys::APLOG_WARNING as i32,
+                    "warn",
+                    &format!("stderr relay of the isolated workers (pid {p}) ended ({why}); starting another"),
+                );
             }
         }
         if reaped {
-            kill_orphans(seg, me);
+            kill_orphans(seg, me, relay.pid());
         }
+        relay.start();
         for i in 0..seg.nslots() {
             let s = &mut *seg.slot(i);
             let c = &mut *seg.ctl(i);
@@ -329,7 +302,7 @@ unsafe fn run(seg: &'static Segment) {
                 libc::kill(p, libc::SIGKILL);
             }
             if p == 0 && s.state.load(Ordering::Acquire) == EMPTY {
-                spawn(seg, i, me);
+                spawn(seg, i, me, &mut relay);
             }
             // A worker the policy retired (its script went in process) has
             // been replaced: the slot is free for server threads again.
@@ -346,11 +319,12 @@ unsafe fn run(seg: &'static Segment) {
             }
             until = until.min(eval.next);
         }
+        relay.hand_over();
         transport::wait(&h.doorbell, seen, Some(until));
     }
 }
 
-unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t) {
+unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t, relay: &mut Relay) {
     let h = seg.header();
     let (s, c) = (&mut *seg.slot(i), &mut *seg.ctl(i));
     // Only an identity the configuration named: a server process that was
@@ -367,21 +341,24 @@ unsafe fn spawn(seg: &'static Segment, i: usize, me: libc::pid_t) {
     c.spawned.store(c.spawned.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
     c.have = ident;
     c.script = 0;
+    let err = relay.pipe_for(i);
     let pid = libc::fork();
-    if pid < 0 {
-        return;
-    }
     if pid == 0 {
         die_with_parent(me);
-        // stderr: the pipe to the relay (kept by the scrub), else /dev/null.
-        let keep = STDERR_PIPE >= 0 && libc::dup2(STDERR_PIPE, 2) == 2;
+        // stderr: its pipe to the relay (kept by the scrub), else /dev/null.
+        let keep = err >= 0 && libc::dup2(err, 2) == 2;
         scrub_process(keep);
         worker::run(seg, s as *mut Slot, ident);
     }
-    s.pid.store(pid, Ordering::Relaxed);
-    c.pid.store(pid, Ordering::Release);
-    // A server thread that saw the worker IDLE before this store waits for
-    // the pid on the state word (client::run): the wake lets it go on now
-    // rather than at its 50 ms re-check.
-    transport::wake(&s.state);
+    if pid > 0 {
+        s.pid.store(pid, Ordering::Relaxed);
+        c.pid.store(pid, Ordering::Release);
+        // A server thread that saw the worker IDLE before this store waits
+        // for the pid on the state word (client::run): the wake lets it go
+        // on now rather than at its 50 ms re-check.
+        transport::wake(&s.state);
+    }
+    // After the slot's stores: the hand-over (close, sendmsg) is no reason
+    // for a server thread to wait.
+    relay.forked(i, err, pid > 0);
 }

@@ -320,6 +320,10 @@ pub unsafe fn run(seg: &'static Segment, slot: *mut Slot, ident: Ident) -> ! {
     guard::libcgi_watch_forks();
     libc::pthread_atfork(None, None, Some(forked_child));
     report_faults(slot);
+    // As in a server process (the MPMs ignore SIGPIPE, and shim.c keeps a
+    // script from changing that): a write to a pipe or socket whose reader
+    // is gone fails with EPIPE, it does not end the worker and its request.
+    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     let s = &mut *slot;
     let mut scripts: HashMap<Vec<u8>, Loaded> = HashMap::new();
     let mut bufs = Bufs::default();

@@ -687,11 +687,20 @@ pub fn kids(pid: u32) -> Vec<(u32, String)> {
 /// The workers of `a`'s isolation manager (the parent's child named
 /// libcgi-manager; its stderr relay is not one), none if it has none.
 pub fn isolation_workers(a: &Apache) -> Vec<u32> {
+    manager_kids(a, "libcgi-worker")
+}
+
+/// The stderr relay of `a`'s isolation manager (none, or one).
+pub fn isolation_relays(a: &Apache) -> Vec<u32> {
+    manager_kids(a, "libcgi-stderr")
+}
+
+fn manager_kids(a: &Apache, comm: &str) -> Vec<u32> {
     kids(a.pid())
         .into_iter()
         .filter(|(_, n)| n == "libcgi-manager")
         .flat_map(|(m, _)| kids(m))
-        .filter(|(_, n)| n == "libcgi-worker")
+        .filter(|(_, n)| n == comm)
         .map(|(p, _)| p)
         .collect()
 }

@@ -9,18 +9,28 @@
  *   mode=shm        bytes of shared anonymous memory mapped (/dev/zero)
  *   mode=envsum     per HTTP_X_BIG* variable: "NAME len sum" (sum of its
  *                   bytes), one a line, and the number of variables
- *   mode=stderr     writes "iso stderr from <pid>" to its stderr (one write)
+ *   mode=stderr[&tag=T][&nonl=1]  writes "iso stderr from <pid>[ T]" and a
+ *                   newline (none with nonl) to its stderr, in one write
+ *   mode=long&sync=P&n=N&len=L&fill=C  appends its pid to the file P, spins
+ *                   (up to 5 s) until P names two processes, then writes N
+ *                   lines "iso long <pid> <k> " and L times C to its stderr,
+ *                   each line in one write; answers "pid=<pid>"
+ *   mode=epipe      writes to a pipe whose read end it closed: "EPIPE" if
+ *                   the write failed so (it did not end the process)
  *   otherwise       "iso pid=<pid>"
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <libcgi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <sched.h>
 #include <sys/resource.h>
+#include <time.h>
 
 static const char *arg(const char *name)
 {
@@ -124,12 +134,64 @@ int processfunc(char *input)
         sleep(20);
         return 0;
     }
-    if (mode && strcmp(mode, "stderr") == 0) {
-        char line[64];
-        int n = snprintf(line, sizeof line, "iso stderr from %d\n", (int)getpid());
+    if (mode && strncmp(mode, "stderr", 6) == 0 && (mode[6] == 0 || mode[6] == '&')) {
+        const char *t = arg("tag");
+        char line[128];
+        int n = snprintf(line, sizeof line, "iso stderr from %d%s%.*s%s", (int)getpid(), t ? " " : "",
+                         (int)(t ? strcspn(t, "&") : 0), t ? t : "", arg("nonl") ? "" : "\n");
+        if (n >= (int)sizeof line)
+            n = (int)sizeof line - 1;
         if (write(2, line, (size_t)n) != n)
             return 1;
         lprintf("pid=%d", (int)getpid());
+        return 0;
+    }
+    if (mode && strncmp(mode, "long&", 5) == 0) {
+        const char *f = arg("sync"), *c = arg("fill");
+        int lines = arg("n") ? atoi(arg("n")) : 1, len = arg("len") ? atoi(arg("len")) : 0;
+        char path[256];
+        snprintf(path, sizeof path, "%.*s", (int)(f ? strcspn(f, "&") : 0), f ? f : "");
+        FILE *o = fopen(path, "a");
+        if (o) {
+            fprintf(o, "%ld\n", (long)getpid());
+            fclose(o);
+        }
+        /* Both writers at once, or the test proves nothing: a spin (not a
+         * sleep), so that they start within microseconds of each other. */
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (t = t0; t.tv_sec - t0.tv_sec < 5; clock_gettime(CLOCK_MONOTONIC, &t)) {
+            FILE *in = fopen(path, "r");
+            int seen = 0, ch;
+            while (in && (ch = fgetc(in)) != EOF)
+                seen += ch == '\n';
+            if (in)
+                fclose(in);
+            if (seen >= 2)
+                break;
+            sched_yield();
+        }
+        char *line = malloc((size_t)len + 64);
+        for (int k = 0; line && k < lines; k++) {
+            int n = sprintf(line, "iso long %d %d ", (int)getpid(), k);
+            memset(line + n, c ? *c : 'x', (size_t)len);
+            line[n + len] = '\n';
+            if (write(2, line, (size_t)n + (size_t)len + 1) != n + len + 1)
+                return 1;
+        }
+        free(line);
+        lprintf("pid=%d", (int)getpid());
+        return 0;
+    }
+    if (mode && strcmp(mode, "epipe") == 0) {
+        int p[2];
+        if (pipe(p) != 0)
+            return 1;
+        close(p[0]);
+        ssize_t n = write(p[1], "x", 1);
+        int e = errno;
+        close(p[1]);
+        lputs(n < 0 && e == EPIPE ? "EPIPE" : "no EPIPE");
         return 0;
     }
     if (mode && strcmp(mode, "shm") == 0) {
