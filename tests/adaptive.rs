@@ -62,21 +62,9 @@ fn server_logging(mpm: Mpm, more: &str, loglevel: Option<&str>) -> (Apache, std:
     (a, life)
 }
 
-fn status_json(a: &Apache) -> Value {
-    let r = a.get("/libcgi-status?json");
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", r.text()))
-}
-
-/// The JSON row of the script whose path ends with `/name`.
+/// The JSON row of the script whose path ends with `/name` (null if none).
 fn row(j: &Value, name: &str) -> Value {
-    j["scripts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["script"].as_str().unwrap_or("").ends_with(&format!("/{name}")))
-        .cloned()
-        .unwrap_or(Value::Null)
+    script_row(j, name).cloned().unwrap_or(Value::Null)
 }
 
 fn domain(a: &Apache, name: &str) -> String {

@@ -49,16 +49,8 @@ fn serve(a: &Apache, query: &str, n: usize, pid: u32) {
 }
 
 fn status_row(a: &Apache, name: &str) -> Value {
-    let r = a.get("/libcgi-status?json");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let j: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", r.text()));
-    j["scripts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["script"].as_str().unwrap_or("").ends_with(&format!("/{name}")))
-        .cloned()
-        .unwrap_or_else(|| panic!("no row for {name} in {j}"))
+    let j = status_json(a);
+    script_row(&j, name).cloned().unwrap_or_else(|| panic!("no row for {name} in {j}"))
 }
 
 fn lines<'a>(log: &'a str, what: &str) -> Vec<&'a str> {

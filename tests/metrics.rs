@@ -27,6 +27,8 @@ fn install(a: &Apache, name: &str, flags: &[&str]) -> PathBuf {
     a.install(name, "metered", flags)
 }
 
+/// As common's, and the page says it is JSON (one request: the tests
+/// count the status page's own).
 fn status_json(a: &Apache) -> Value {
     let r = a.get("/libcgi-status?json");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
@@ -43,13 +45,7 @@ fn prom_text(a: &Apache) -> String {
 
 /// The JSON row of the script whose path ends with `/name`.
 fn row<'a>(j: &'a Value, name: &str) -> &'a Value {
-    let suffix = format!("/{name}");
-    j["scripts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["script"].as_str().unwrap().ends_with(&suffix))
-        .unwrap_or_else(|| panic!("no row for {name} in {j}"))
+    script_row(j, name).unwrap_or_else(|| panic!("no row for {name} in {j}"))
 }
 
 fn other(j: &Value) -> &Value {

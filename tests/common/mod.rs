@@ -704,3 +704,17 @@ fn manager_kids(a: &Apache, comm: &str) -> Vec<u32> {
         .map(|(p, _)| p)
         .collect()
 }
+
+/// The status page's JSON (`/libcgi-status?json`, a `SetHandler
+/// libcgi-status` location the test configured), asserted 200 and parsed.
+pub fn status_json(a: &Apache) -> serde_json::Value {
+    let r = a.get("/libcgi-status?json");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), a.error_log());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", r.text()))
+}
+
+/// The status JSON's row of the script whose path ends with `/name`.
+pub fn script_row<'a>(j: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    let suffix = format!("/{name}");
+    j["scripts"].as_array()?.iter().find(|s| s["script"].as_str().unwrap_or("").ends_with(&suffix))
+}
